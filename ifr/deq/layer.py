@@ -1,0 +1,90 @@
+"""Plugs a block f(z, x) into any head as a fixed-point (or weight-shared, unrolled) refinement."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .backward import ImplicitBackward, PhantomBackward
+from .solvers import SolverConfig, SolverStats
+
+MODES = ("unrolled", "implicit", "scheduled")
+
+
+class EquilibriumRefinement(nn.Module):
+    """Refines x (N, C, H, W) into z (N, C, H, W) with a block ``block(z, x)``.
+
+    Modes:
+        ``unrolled``: ``num_unrolled`` applications from z0 = 0, differentiated by plain autograd
+            (the weight-sharing form).
+        ``implicit``: z* = f(z*, x) solved by ``solver`` from z0 = 0 without autograd; gradients come
+            from ``backward`` (implicit or phantom). With gradients enabled the output is f(z*) with
+            that backward attached, otherwise (inference) the lowest-residual iterate z* itself.
+        ``scheduled``: the original IFR schedule: ``unrolled`` for training iterations
+            ``iteration < pretrained_steps``, ``implicit`` afterwards and in eval mode. Training calls
+            must pass ``iteration`` (the global, 0-based training iteration).
+
+    ``last_stats`` holds the forward solve's statistics of the most recent implicit call (None after
+    an unrolled call); the backward strategy keeps its own ``last_stats``.
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        *,
+        mode: str = "scheduled",
+        num_unrolled: int = 4,
+        pretrained_steps: int = 0,
+        solver: SolverConfig | None = None,
+        backward: ImplicitBackward | PhantomBackward | None = None,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if num_unrolled < 1:
+            raise ValueError(f"num_unrolled must be >= 1, got {num_unrolled}")
+        if pretrained_steps < 0:
+            raise ValueError(f"pretrained_steps must be >= 0, got {pretrained_steps}")
+        self.block = block
+        self.mode = mode
+        self.num_unrolled = num_unrolled
+        self.pretrained_steps = pretrained_steps
+        self.solver = solver if solver is not None else SolverConfig()
+        self.backward_strategy = backward if backward is not None else ImplicitBackward()
+        self.last_stats: SolverStats | None = None
+
+    def resolve_mode(self, iteration: int | None) -> str:
+        """The mode (``unrolled`` or ``implicit``) a call with this training iteration uses."""
+        if self.mode != "scheduled":
+            return self.mode
+        if not self.training:
+            return "implicit"
+        if iteration is None:
+            raise ValueError(
+                "EquilibriumRefinement in 'scheduled' mode needs the training iteration in training "
+                "mode: call it as layer(x, iteration=it) (or use mode='unrolled'/'implicit')")
+        return "unrolled" if iteration < self.pretrained_steps else "implicit"
+
+    def forward(self, x: torch.Tensor, iteration: int | None = None) -> torch.Tensor:
+        if self.resolve_mode(iteration) == "unrolled":
+            return self.unrolled(x)
+        return self.implicit(x)
+
+    def unrolled(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.zeros_like(x)
+        for _ in range(self.num_unrolled):
+            z = self.block(z, x)
+        self.last_stats = None
+        return z
+
+    def implicit(self, x: torch.Tensor) -> torch.Tensor:
+        f: Callable[[torch.Tensor], torch.Tensor] = lambda z: self.block(z, x)
+        with torch.no_grad():
+            z_star, self.last_stats = self.solver.solve(f, torch.zeros_like(x))
+        if torch.is_grad_enabled() and self._needs_grad(x):
+            return self.backward_strategy(f, z_star)
+        return z_star
+
+    def _needs_grad(self, x: torch.Tensor) -> bool:
+        return x.requires_grad or any(p.requires_grad for p in self.block.parameters())

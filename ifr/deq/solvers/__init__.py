@@ -1,0 +1,57 @@
+"""Fixed-point solvers sharing one interface.
+
+``solve(f, z0, *, max_iter, tol, stop_mode, **options) -> (z, SolverStats)``: ``f`` maps a (B, ...)
+tensor to one of the same shape, sample by sample; the result is each sample's lowest-residual iterate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .anderson import anderson_solve
+from .broyden import broyden_solve
+from .fixed_point import fixed_point_solve
+from .progress import STOP_MODES, check_solver_arguments
+from .stats import SolverStats
+
+SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
+    "broyden": broyden_solve,
+    "anderson": anderson_solve,
+    "fixed_point": fixed_point_solve,
+}
+
+
+def get_solver(name: str) -> Callable[..., tuple[torch.Tensor, SolverStats]]:
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown fixed-point solver {name!r}; choose one of {sorted(SOLVERS)}") from None
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """A solver chosen by name together with its settings, callable as ``config.solve(f, z0)``.
+
+    ``options`` holds the solver-specific keyword arguments (e.g. ``memory`` for Broyden/Anderson).
+    """
+
+    name: str = "broyden"
+    max_iter: int = 15
+    tol: float = 1e-4
+    stop_mode: str = "rel"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_solver(self.name)
+        check_solver_arguments(self.max_iter, self.tol, self.stop_mode)
+
+    def solve(self, f: Callable[[torch.Tensor], torch.Tensor],
+              z0: torch.Tensor) -> tuple[torch.Tensor, SolverStats]:
+        return get_solver(self.name)(f, z0, max_iter=self.max_iter, tol=self.tol,
+                                     stop_mode=self.stop_mode, **self.options)
+
+
+__all__ = ["SOLVERS", "STOP_MODES", "SolverConfig", "SolverStats", "anderson_solve", "broyden_solve",
+           "fixed_point_solve", "get_solver"]

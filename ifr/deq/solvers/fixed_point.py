@@ -1,0 +1,36 @@
+"""Plain fixed-point iteration z <- f(z)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .progress import SolveProgress, check_solver_arguments, flat_map
+from .stats import SolverStats
+
+
+def fixed_point_solve(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    *,
+    max_iter: int = 15,
+    tol: float = 1e-4,
+    stop_mode: str = "rel",
+    divergence_ratio: float = 1e6,
+) -> tuple[torch.Tensor, SolverStats]:
+    """Solves z = f(z) by iterating z <- f(z); converges when f is a contraction.
+
+    Same interface and return value as ``broyden_solve``.
+    """
+    check_solver_arguments(max_iter, tol, stop_mode)
+    g_map = flat_map(f, z0.shape)
+    z = z0.reshape(z0.shape[0], -1).clone()
+    fz = g_map(z)
+    progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
+    steps = 0
+    while steps < max_iter and not progress.done():
+        z = torch.where(progress.active.unsqueeze(1), fz, z)
+        fz = g_map(z)
+        steps += 1
+        progress.update(z, fz)
+    return progress.result(steps, z0.shape)

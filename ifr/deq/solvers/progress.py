@@ -1,0 +1,103 @@
+"""Per-sample bookkeeping shared by the fixed-point solvers.
+
+Every solver runs on a batch flattened to (B, D). Each sample converges, diverges or runs out of
+iterations on its own; a sample that has converged or diverged is frozen (the solver stops moving it),
+and each sample's lowest-residual iterate is what the solver returns.
+"""
+from __future__ import annotations
+
+import torch
+
+from .stats import SolverStats
+
+STOP_MODES = ("abs", "rel")
+
+
+def check_solver_arguments(max_iter: int, tol: float, stop_mode: str) -> None:
+    if stop_mode not in STOP_MODES:
+        raise ValueError(f"stop_mode must be one of {STOP_MODES}, got {stop_mode!r}")
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+
+
+def flat_map(f, shape: torch.Size):
+    """Wraps ``f`` on tensors of ``shape`` as a map on their (B, D) flattening."""
+    batch = shape[0]
+
+    def mapped(z_flat: torch.Tensor) -> torch.Tensor:
+        return f(z_flat.view(shape)).reshape(batch, -1)
+
+    return mapped
+
+
+class SolveProgress:
+    """Tracks residuals, the lowest-residual iterate and the per-sample stop state of one solve.
+
+    Args:
+        z, fz: (B, D) initial guess and the map's value there.
+        tol, stop_mode: a sample converges when its residual (absolute ``||f(z) - z||`` or relative
+            ``||f(z) - z|| / ||f(z)||``) is below ``tol``.
+        divergence_ratio: protective break: a sample whose residual exceeds this multiple of its
+            initial residual, or becomes non-finite, is stopped and keeps its best iterate.
+    """
+
+    def __init__(self, z: torch.Tensor, fz: torch.Tensor, tol: float, stop_mode: str,
+                 divergence_ratio: float):
+        self.tol = tol
+        self.stop_mode = stop_mode
+        self.divergence_ratio = divergence_ratio
+        abs_res, rel_res = self._residuals(z, fz)
+        measure = self._measure(abs_res, rel_res)
+        self.initial = measure
+        self.best_measure = measure.clone()
+        self.best_abs = abs_res.clone()
+        self.best_rel = rel_res.clone()
+        self.best_z = z.clone()
+        self.converged = measure < tol
+        self.diverged = ~torch.isfinite(measure)
+        self.trace = [abs_res]
+
+    @staticmethod
+    def _residuals(z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abs_res = (fz - z).norm(dim=1)
+        rel_res = abs_res / (fz.norm(dim=1) + 1e-12)
+        return abs_res, rel_res
+
+    def _measure(self, abs_res: torch.Tensor, rel_res: torch.Tensor) -> torch.Tensor:
+        return abs_res if self.stop_mode == "abs" else rel_res
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(B,) True for the samples the solver should still move."""
+        return ~(self.converged | self.diverged)
+
+    def done(self) -> bool:
+        return not bool(self.active.any())
+
+    def update(self, z: torch.Tensor, fz: torch.Tensor) -> None:
+        """Records the new iterate ``z`` (with ``fz = f(z)``) of the samples that are still active."""
+        active = self.active
+        abs_res, rel_res = self._residuals(z, fz)
+        measure = self._measure(abs_res, rel_res)
+        improved = active & (measure < self.best_measure)
+        self.best_measure = torch.where(improved, measure, self.best_measure)
+        self.best_abs = torch.where(improved, abs_res, self.best_abs)
+        self.best_rel = torch.where(improved, rel_res, self.best_rel)
+        self.best_z = torch.where(improved.unsqueeze(1), z, self.best_z)
+        self.converged = self.converged | (active & (measure < self.tol))
+        blown_up = ~torch.isfinite(measure) | (measure > self.divergence_ratio * self.initial)
+        self.diverged = self.diverged | (active & ~self.converged & blown_up)
+        self.trace.append(torch.where(active, abs_res, self.trace[-1]))
+
+    def result(self, iterations: int, shape: torch.Size) -> tuple[torch.Tensor, SolverStats]:
+        stats = SolverStats(
+            iterations=iterations,
+            abs_residual=self.best_abs,
+            rel_residual=self.best_rel,
+            converged=self.converged,
+            diverged=self.diverged,
+            trace=torch.stack(self.trace),
+        )
+        return self.best_z.view(shape), stats
