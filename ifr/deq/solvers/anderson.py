@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, flat_map
+from .progress import SolveProgress, check_solver_arguments, flat_map, flatten_batch
 from .stats import SolverStats
 
 
@@ -51,7 +51,7 @@ def anderson_solve(
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     g_map = flat_map(f, z0.shape)
-    z = z0.reshape(z0.shape[0], -1).clone()
+    z = flatten_batch(z0).clone()
     fz = g_map(z)
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
     batch, dim = z.shape

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, flat_map
+from .progress import SolveProgress, check_solver_arguments, flat_map, flatten_batch
 from .stats import SolverStats
 
 
@@ -53,7 +53,7 @@ def broyden_solve(
     if memory < 1 and max_iter > 0:
         raise ValueError(f"memory must be >= 1, got {memory}")
     g_map = flat_map(f, z0.shape)
-    z = z0.reshape(z0.shape[0], -1).clone()
+    z = flatten_batch(z0).clone()
     fz = g_map(z)
     gz = fz - z
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)

@@ -6,6 +6,8 @@ and each sample's lowest-residual iterate is what the solver returns.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .stats import SolverStats
@@ -22,12 +24,16 @@ def check_solver_arguments(max_iter: int, tol: float, stop_mode: str) -> None:
         raise ValueError(f"tol must be >= 0, got {tol}")
 
 
+def flatten_batch(z: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, D); also for B = 0, where reshape(B, -1) is ambiguous."""
+    return z.reshape(z.shape[0], math.prod(z.shape[1:]))
+
+
 def flat_map(f, shape: torch.Size):
     """Wraps ``f`` on tensors of ``shape`` as a map on their (B, D) flattening."""
-    batch = shape[0]
 
     def mapped(z_flat: torch.Tensor) -> torch.Tensor:
-        return f(z_flat.view(shape)).reshape(batch, -1)
+        return flatten_batch(f(z_flat.view(shape)))
 
     return mapped
 

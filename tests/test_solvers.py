@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from ifr.deq import SOLVERS, SolverConfig, broyden_solve, fixed_point_solve, get_solver
+
+SOLVER_NAMES = sorted(SOLVERS)
+
+
+def _linear_problem(batch: int, dim: int, spectral_radius: float, dtype=torch.float64):
+    """Per-sample z = A z + b with A's spectral radius set, and its float64 reference solution."""
+    a = torch.randn(batch, dim, dim, dtype=torch.float64)
+    radius = torch.linalg.eigvals(a).abs().amax(dim=1).view(-1, 1, 1)
+    a = a * (spectral_radius / radius)
+    b = torch.randn(batch, dim, dtype=torch.float64)
+    reference = torch.linalg.solve(torch.eye(dim, dtype=torch.float64) - a, b)
+    a, b = a.to(dtype), b.to(dtype)
+    return (lambda z: torch.einsum("bij,bj->bi", a, z) + b), reference
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_solvers_reach_tolerance_on_contractive_linear_map(name):
+    f, reference = _linear_problem(batch=4, dim=12, spectral_radius=0.6)
+    z, stats = get_solver(name)(f, torch.zeros(4, 12, dtype=torch.float64), max_iter=200, tol=1e-10,
+                                stop_mode="abs")
+    assert stats.converged.all()
+    assert (stats.abs_residual < 1e-10).all()
+    assert torch.allclose(z, reference, atol=1e-9, rtol=0)
+    # The reported residual is that of the returned iterate.
+    assert torch.allclose(stats.abs_residual, (f(z) - z).norm(dim=1), rtol=1e-6, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_solvers_agree_with_float64_reference_on_nonlinear_contraction(name):
+    torch.manual_seed(1)
+    w = torch.randn(16, 16) * 0.15
+    c = torch.randn(3, 16)
+    f32 = lambda z: torch.tanh(z @ w.T + c)
+    f64 = lambda z: torch.tanh(z @ w.double().T + c.double())
+    reference, ref_stats = fixed_point_solve(f64, torch.zeros(3, 16, dtype=torch.float64),
+                                             max_iter=500, tol=1e-14, stop_mode="abs")
+    assert ref_stats.converged.all()
+    z, stats = get_solver(name)(f32, torch.zeros(3, 16), max_iter=100, tol=1e-5, stop_mode="rel")
+    assert stats.converged.all() and (stats.rel_residual < 1e-5).all()
+    assert torch.allclose(z.double(), reference, atol=1e-4, rtol=0)
+
+
+def test_broyden_solves_non_contractive_linear_fixed_point_to_1e_6():
+    # Spectral radius 1.5: plain iteration diverges, Broyden still finds the fixed point.
+    f, reference = _linear_problem(batch=3, dim=10, spectral_radius=1.5)
+    z0 = torch.zeros(3, 10, dtype=torch.float64)
+    z, stats = broyden_solve(f, z0, max_iter=60, tol=1e-6, stop_mode="abs")
+    assert stats.converged.all()
+    assert ((f(z) - z).norm(dim=1) < 1e-6).all()
+    assert torch.allclose(z, reference, atol=1e-5, rtol=0)
+    _, plain = fixed_point_solve(f, z0, max_iter=60, tol=1e-6, stop_mode="abs")
+    assert not plain.converged.any()
+
+
+def test_broyden_first_step_is_a_plain_fixed_point_step():
+    f, _ = _linear_problem(batch=2, dim=5, spectral_radius=0.5)
+    z0 = torch.randn(2, 5, dtype=torch.float64)
+    _, stats = broyden_solve(f, z0, max_iter=1, tol=0.0)
+    z1 = f(z0)
+    assert torch.allclose(stats.trace[1], (f(z1) - z1).norm(dim=1))
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_samples_converge_independently(name):
+    f, _ = _linear_problem(batch=3, dim=8, spectral_radius=0.5)
+    z0 = torch.zeros(3, 8, dtype=torch.float64)
+    z_batch, stats = get_solver(name)(f, z0, max_iter=100, tol=1e-8, stop_mode="abs")
+    for i in range(3):
+        single = lambda z, i=i: f(torch.zeros(3, 8, dtype=torch.float64).index_copy(0, torch.tensor([i]), z))[i:i + 1]
+        z_alone, _ = get_solver(name)(single, z0[i:i + 1], max_iter=100, tol=1e-8, stop_mode="abs")
+        assert torch.allclose(z_batch[i], z_alone[0], atol=1e-12, rtol=0)
+    # A sample that converged stops moving: its trace is flat from then on.
+    first = int((stats.trace[:, 0] < 1e-8).nonzero()[0])
+    assert (stats.trace[first:, 0] == stats.trace[first, 0]).all()
+
+
+def _exploding_second_sample():
+    """Sample 0: the contraction z -> z/2 + 1. Sample 1: residual x100 at every call, then inf."""
+    calls = {"n": 0}
+
+    def f(z):
+        calls["n"] += 1
+        out = z.clone()
+        out[0] = 0.5 * z[0] + 1.0
+        out[1] = z[1] + 100.0 ** calls["n"] if calls["n"] < 8 else z[1] + float("inf")
+        return out
+
+    return f
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_protective_break_on_divergence(name):
+    z, stats = get_solver(name)(_exploding_second_sample(), torch.zeros(2, 4, dtype=torch.float64),
+                                max_iter=60, tol=1e-10, stop_mode="abs")
+    assert torch.isfinite(z).all()
+    assert stats.diverged.tolist() == [False, True]
+    assert stats.converged.tolist() == [True, False]
+    assert torch.allclose(z[0], torch.full((4,), 2.0, dtype=torch.float64), atol=1e-9)
+    # The diverged sample keeps its lowest-residual iterate: the initial guess.
+    assert (z[1] == 0).all()
+    assert stats.summary()["diverged"] == 1.0
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_non_finite_map_is_stopped_and_reported(name):
+    f = lambda z: z + 1.0 + torch.sqrt(-z)  # NaN as soon as z > 0
+    z, stats = get_solver(name)(f, torch.zeros(2, 3), max_iter=10, tol=1e-6)
+    assert torch.isfinite(z).all() and (z == 0).all()
+    assert stats.diverged.all() and stats.iterations == 1
+
+
+def test_empty_batch_and_zero_residual():
+    for name in SOLVER_NAMES:
+        z, stats = get_solver(name)(lambda z: 2 * z, torch.zeros(0, 5), max_iter=5, tol=1e-6)
+        assert z.shape == (0, 5) and stats.iterations == 0
+        z, stats = get_solver(name)(lambda z: 2 * z, torch.zeros(2, 5), max_iter=5, tol=1e-6,
+                                    stop_mode="abs")
+        assert stats.iterations == 0 and stats.converged.all()
+
+
+def test_solver_config_validates_and_dispatches():
+    with pytest.raises(ValueError, match="unknown fixed-point solver 'newton'"):
+        SolverConfig("newton")
+    with pytest.raises(ValueError, match="stop_mode"):
+        SolverConfig("broyden", stop_mode="max")
+    f, reference = _linear_problem(batch=2, dim=6, spectral_radius=0.5)
+    config = SolverConfig("anderson", max_iter=100, tol=1e-10, stop_mode="abs", options={"memory": 3})
+    z, stats = config.solve(f, torch.zeros(2, 6, dtype=torch.float64))
+    assert torch.allclose(z, reference, atol=1e-9)
+    assert stats.trace.shape == (stats.iterations + 1, 2)
