@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ifr",
+    version="0.1.0",
+    description="Implicit Feature Refinement (IFR) for instance segmentation, on torch + torchvision",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ifr", "ifr.*"]),
+    # torch/torchvision are pinned: this pair is the one the project is tested with and the one the
+    # build machines provide locally (other versions download several GB or fail to import together).
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)
