@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -59,6 +60,33 @@ def _current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _PeakRSS:
+    """Samples this process's resident memory every millisecond while the block runs.
+
+    (ru_maxrss is no use here: importing torch's CUDA build touches more memory than a training step.)
+    """
+
+    def __enter__(self):
+        self.baseline = self.peak = _current_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _current_rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss_bytes())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
+
+
 def training_step(mode: str, iterations: int, rois: int, device: str) -> dict:
     """One forward + backward of the refinement at exactly ``iterations`` iterations (tol = 0)."""
     block, x = _inputs(rois, device)
@@ -78,22 +106,19 @@ def training_step(mode: str, iterations: int, rois: int, device: str) -> dict:
     # Warm-up on a tiny batch (kernel selection, allocator), not counted.
     ((layer(x[:1]) - target[:1]) ** 2).mean().backward()
     block.zero_grad()
-    if device.startswith("cuda"):
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = _current_rss_bytes()
-    start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = layer(x)
-    ((out - target) ** 2).mean().backward()
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    with nullcontext() if on_gpu else _PeakRSS() as rss:
+        start = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = layer(x)
+        ((out - target) ** 2).mean().backward()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() - baseline if on_gpu else rss.growth
     return {"mode": mode, "iterations": iterations, "time": elapsed, "peak_bytes": peak,
             "saved_bytes": sum(saved_storages.values())}
 

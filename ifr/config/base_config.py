@@ -1,0 +1,40 @@
+"""cvpods' config class protocol: subclasses register dicts of overrides over their parent's values."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from .config_dict import ConfigDict
+
+logger = logging.getLogger(__name__)
+
+
+class BaseConfig(ConfigDict):
+    """Base of all experiment configs.
+
+    A subclass's ``__init__`` calls ``super().__init__()`` and then
+    ``self._register_configuration(overrides)``; the overrides are merged recursively over the parent's
+    values, so the final config is the chain of dicts from the base class down.
+    """
+
+    def _register_configuration(self, overrides: Mapping) -> None:
+        self.merge(overrides)
+
+    def link_log(self, link_name: str = "log") -> None:
+        """Points a ``log`` symlink in the current folder to OUTPUT_DIR (as cvpods' experiment folders do)."""
+        target = os.path.abspath(self.OUTPUT_DIR)
+        if os.path.islink(link_name):
+            if os.path.realpath(link_name) == os.path.realpath(target):
+                return
+            os.remove(link_name)
+        elif os.path.exists(link_name):
+            logger.warning("not linking %s -> %s: %s exists and is not a symlink", link_name, target,
+                           link_name)
+            return
+        os.makedirs(target, exist_ok=True)
+        os.symlink(target, link_name)
+
+    def base_defaults(self) -> ConfigDict:
+        """The config of the parent class, for ``diff`` logging (cvpods' ``cfg.diff(cls.__base__())``)."""
+        return type(self).__mro__[1]()

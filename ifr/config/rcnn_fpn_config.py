@@ -1,0 +1,133 @@
+"""Default values of cvpods' ``RCNNFPNConfig`` (cvpods@ed05660, read off the dumped config).
+
+Every experiment folder's config subclasses ``RCNNFPNConfig`` and registers its overrides.
+"""
+from __future__ import annotations
+
+from .base_config import BaseConfig
+
+_RCNN_FPN_DEFAULTS = dict(
+    MODEL=dict(
+        DEVICE="cuda",
+        WEIGHTS="",
+        AS_PRETRAIN=False,
+        PIXEL_MEAN=[103.53, 116.28, 123.675],  # BGR, 0-255
+        PIXEL_STD=[1.0, 1.0, 1.0],
+        LOAD_PROPOSALS=False,
+        MASK_ON=False,
+        KEYPOINT_ON=False,
+        NMS_TYPE="normal",
+        BACKBONE=dict(FREEZE_AT=2),
+        RESNETS=dict(
+            DEPTH=None,
+            OUT_FEATURES=["res2", "res3", "res4", "res5"],
+            NUM_GROUPS=1,
+            NORM="FrozenBN",
+            ZERO_INIT_RESIDUAL=False,
+            WIDTH_PER_GROUP=64,
+            STRIDE_IN_1X1=True,
+            RES5_DILATION=1,
+            RES2_OUT_CHANNELS=256,
+            STEM_OUT_CHANNELS=64,
+            DEEP_STEM=False,
+        ),
+        FPN=dict(IN_FEATURES=["res2", "res3", "res4", "res5"], OUT_CHANNELS=256, NORM="",
+                 FUSE_TYPE="sum", BLOCK_IN_FEATURES="p5"),
+        ANCHOR_GENERATOR=dict(SIZES=[[32], [64], [128], [256], [512]], ASPECT_RATIOS=[[0.5, 1.0, 2.0]],
+                              OFFSET=0.0),
+        PROPOSAL_GENERATOR=dict(NAME="RPN", MIN_SIZE=0),
+        RPN=dict(
+            IN_FEATURES=["p2", "p3", "p4", "p5", "p6"],
+            BOUNDARY_THRESH=-1,
+            IOU_THRESHOLDS=[0.3, 0.7],
+            IOU_LABELS=[0, -1, 1],
+            BATCH_SIZE_PER_IMAGE=256,
+            POSITIVE_FRACTION=0.5,
+            BBOX_REG_WEIGHTS=(1.0, 1.0, 1.0, 1.0),
+            SMOOTH_L1_BETA=0.0,
+            LOSS_WEIGHT=1.0,
+            PRE_NMS_TOPK_TRAIN=2000,  # per FPN level
+            PRE_NMS_TOPK_TEST=1000,
+            POST_NMS_TOPK_TRAIN=1000,  # per image, over all levels
+            POST_NMS_TOPK_TEST=1000,
+            NMS_THRESH=0.7,
+        ),
+        ROI_HEADS=dict(
+            IN_FEATURES=["p2", "p3", "p4", "p5"],
+            NUM_CLASSES=80,
+            IOU_THRESHOLDS=[0.5],
+            IOU_LABELS=[0, 1],
+            BATCH_SIZE_PER_IMAGE=512,
+            POSITIVE_FRACTION=0.25,
+            SCORE_THRESH_TEST=0.05,
+            NMS_THRESH_TEST=0.5,
+            PROPOSAL_APPEND_GT=True,
+        ),
+        ROI_BOX_HEAD=dict(
+            BBOX_REG_WEIGHTS=(10.0, 10.0, 5.0, 5.0),
+            SMOOTH_L1_BETA=0.0,
+            POOLER_RESOLUTION=7,
+            POOLER_SAMPLING_RATIO=0,
+            POOLER_TYPE="ROIAlignV2",
+            NUM_FC=2,
+            FC_DIM=1024,
+            NUM_CONV=0,
+            CONV_DIM=256,
+            NORM="",
+            CLS_AGNOSTIC_BBOX_REG=False,
+            TRAIN_ON_PRED_BOXES=False,
+        ),
+        ROI_BOX_CASCADE_HEAD=dict(
+            BBOX_REG_WEIGHTS=((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
+            IOUS=(0.5, 0.6, 0.7),
+        ),
+        ROI_MASK_HEAD=dict(
+            POOLER_RESOLUTION=14,
+            POOLER_SAMPLING_RATIO=0,
+            NUM_CONV=4,
+            CONV_DIM=256,
+            NORM="",
+            CLS_AGNOSTIC_MASK=False,
+            POOLER_TYPE="ROIAlignV2",
+        ),
+    ),
+    INPUT=dict(
+        FORMAT="BGR",
+        MASK_FORMAT="polygon",
+        AUG=dict(
+            TRAIN_PIPELINES=[
+                ("ResizeShortestEdge", dict(short_edge_length=(800,), max_size=1333, sample_style="choice")),
+                ("RandomFlip", dict()),
+            ],
+            TEST_PIPELINES=[
+                ("ResizeShortestEdge", dict(short_edge_length=800, max_size=1333, sample_style="choice")),
+            ],
+        ),
+    ),
+    DATASETS=dict(TRAIN=(), TEST=()),
+    DATALOADER=dict(NUM_WORKERS=2, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True),
+    SOLVER=dict(
+        LR_SCHEDULER=dict(NAME="WarmupMultiStepLR", MAX_ITER=40000, STEPS=(30000,), WARMUP_FACTOR=0.001,
+                          WARMUP_ITERS=1000, WARMUP_METHOD="linear", GAMMA=0.1),
+        OPTIMIZER=dict(NAME="D2SGD", BASE_LR=0.001, BIAS_LR_FACTOR=1.0, WEIGHT_DECAY=0.0001,
+                       WEIGHT_DECAY_NORM=0.0, MOMENTUM=0.9),
+        CLIP_GRADIENTS=dict(ENABLED=False, CLIP_TYPE="value", CLIP_VALUE=1.0, NORM_TYPE=2.0),
+        CHECKPOINT_PERIOD=5000,
+        IMS_PER_BATCH=16,
+        IMS_PER_DEVICE=2,
+    ),
+    TEST=dict(EVAL_PERIOD=0, DETECTIONS_PER_IMAGE=100),
+    TRAINER=dict(WINDOW_SIZE=20, FP16=dict(ENABLED=False)),
+    OUTPUT_DIR="./output",
+    SEED=-1,
+    CUDNN_BENCHMARK=False,
+    VIS_PERIOD=0,
+)
+
+
+class RCNNFPNConfig(BaseConfig):
+    """cvpods' R-CNN + FPN defaults (see the module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self._register_configuration(_RCNN_FPN_DEFAULTS)
