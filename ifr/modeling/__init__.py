@@ -1,0 +1,1 @@
+"""Detection models built on torchvision ops and the ``ifr.deq`` core."""

@@ -1,0 +1,102 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ifr.config import RCNNFPNConfig
+from ifr.modeling.mask_head import MASK_HEADS, mask_rcnn_inference, mask_rcnn_loss
+
+
+def _cfg(channels=16, num_classes=3, pretrained_steps=5, f_thres=15):
+    cfg = RCNNFPNConfig()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = channels
+    cfg.MODEL.ROI_MASK_HEAD.merge(dict(PRETRAINED_STEPS=pretrained_steps, F_THRES=f_thres, B_THRES=f_thres))
+    return cfg
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_at_paper_size():
+    cfg = _cfg(channels=256, num_classes=80)
+    heads = {name: build(cfg, 256) for name, build in MASK_HEADS.items()}
+    conv3 = 256 * 256 * 9
+    upsample = (256 * 256 * 4 + 256) + (80 * 256 + 80)
+    assert _count(heads["conv"]) == 4 * (conv3 + 256) + upsample
+    assert _count(heads["weight_sharing"]) == 2 * conv3 + 3 * 2 * 256 + upsample
+    assert _count(heads["ifr"]) == 2 * (conv3 + 256) + 3 * 2 * 256 + upsample
+    # The refinement part alone (what replaces the 4 convs) is about half of the stack it replaces.
+    ratio = (_count(heads["ifr"]) - upsample) / (_count(heads["conv"]) - upsample)
+    assert 0.49 < ratio < 0.51
+
+
+def test_state_dict_names():
+    cfg = _cfg()
+    assert sorted(MASK_HEADS["weight_sharing"](cfg, 16).state_dict()) == sorted(
+        ["refinement.block.conv1.weight", "refinement.block.conv2.weight"]
+        + [f"refinement.block.gn{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")]
+        + ["deconv.weight", "deconv.bias", "predictor.weight", "predictor.bias"])
+    ifr_keys = MASK_HEADS["ifr"](cfg, 16).state_dict()
+    assert "refinement.block.conv1.weight_g" in ifr_keys and "refinement.block.conv1.weight_v" in ifr_keys
+    assert [k for k in MASK_HEADS["conv"](cfg, 16).state_dict() if k.endswith("weight")][:4] == [
+        "deconv.weight", "predictor.weight", "mask_fcn1.weight", "mask_fcn2.weight"]
+
+
+def test_ifr_head_switches_from_unrolled_to_implicit_at_pretrained_steps():
+    head = MASK_HEADS["ifr"](_cfg(pretrained_steps=5), 16).train()
+    x = torch.randn(3, 16, 14, 14)
+    out = head(x, iteration=4)
+    assert out.shape == (3, 3, 28, 28)
+    assert head.refinement.last_stats is None
+    z = torch.zeros_like(x)
+    for _ in range(4):
+        z = head.refinement.block(z, x)
+    assert torch.allclose(out, head.predict(z))
+    head(x, iteration=5)
+    assert head.refinement.last_stats is not None
+    assert head.refinement.last_stats.iterations >= 1
+    with torch.no_grad():
+        head.eval()(x)
+    assert head.refinement.last_stats is not None
+
+
+def _toy_batch(channels, num_classes, rois=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rois, channels, 14, 14, generator=g)
+    # The mask is where the first channel is positive: learnable by every head.
+    masks = (F.interpolate(x[:, :1], size=(28, 28), mode="nearest")[:, 0] > 0).float()
+    classes = torch.randint(0, num_classes, (rois,), generator=g)
+    return x, classes, masks
+
+
+@pytest.mark.parametrize("name", sorted(MASK_HEADS))
+def test_each_head_learns_a_toy_mask_task(name):
+    torch.manual_seed(0)
+    head = MASK_HEADS[name](_cfg(pretrained_steps=3, f_thres=8), 16).train()
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    x, classes, masks = _toy_batch(16, 3)
+    losses = []
+    for it in range(12):  # crosses PRETRAINED_STEPS = 3: the IFR head trains implicitly from it = 3
+        loss = mask_rcnn_loss(head(x, iteration=it), classes, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_mask_loss_and_inference_select_the_class_channel():
+    logits = torch.randn(2, 3, 4, 4)
+    classes = torch.tensor([2, 0])
+    targets = (torch.rand(2, 4, 4) > 0.5).float()
+    expected = torch.stack([F.binary_cross_entropy_with_logits(logits[i, c], targets[i], reduction="sum")
+                            for i, c in enumerate(classes)]).sum() / targets.numel()
+    assert torch.allclose(mask_rcnn_loss(logits, classes, targets), expected)
+    probs = mask_rcnn_inference(logits, classes)
+    assert probs.shape == (2, 1, 4, 4) and torch.allclose(probs[1, 0], logits[1, 0].sigmoid())
+    assert mask_rcnn_loss(logits[:0], classes[:0], targets[:0]).item() == 0.0
+    agnostic = torch.randn(2, 1, 4, 4)
+    assert torch.allclose(mask_rcnn_loss(agnostic, classes, targets),
+                          F.binary_cross_entropy_with_logits(agnostic[:, 0], targets))
