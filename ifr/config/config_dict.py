@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import json
 import os
@@ -45,7 +46,6 @@ class ConfigDict(dict):
         del self[key]
 
     def __deepcopy__(self, memo):
-        import copy
         return ConfigDict({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
     def merge(self, other: Mapping) -> "ConfigDict":
