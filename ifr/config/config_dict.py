@@ -88,8 +88,8 @@ class ConfigDict(dict):
         for key, value in self.items():
             if key not in other:
                 out[key] = value
-            elif isinstance(value, Mapping) and isinstance(other[key], Mapping):
-                sub = ConfigDict(value).diff(other[key])
+            elif isinstance(value, ConfigDict) and isinstance(other[key], Mapping):
+                sub = value.diff(other[key])
                 if sub:
                     out[key] = sub
             elif value != other[key]:
@@ -133,7 +133,7 @@ def _parse_literal(raw: Any) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default``, or a ValueError that says what was expected."""
+    """``value`` converted to the type of ``default``, or a ConfigError that says what was expected."""
     if default is None or value is None:
         return value
     if isinstance(default, bool):
