@@ -11,6 +11,18 @@ setup(
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",
+        "numpy",
+        "pillow",
+        "pycocotools>=2.0.7",
+        "tabulate>=0.9",
+        "tensorboard>=2.14",
+        "tqdm>=4.60",
     ],
+    entry_points={
+        "console_scripts": [
+            "pods_train=ifr.tools.train_net:main",
+            "pods_test=ifr.tools.test_net:main",
+        ],
+    },
     extras_require={"test": ["pytest>=8"]},
 )

@@ -9,8 +9,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, Iterable
 
+from ifr.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config key that does not exist or a value of the wrong type."""
 
 

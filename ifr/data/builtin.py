@@ -1,0 +1,52 @@
+"""Datasets available by name without registration: COCO 2017 (cvpods layout) and the synthetic shapes.
+
+The root folder is ``$IFR_DATASETS`` if set, else ``datasets/`` in the project checkout (as cvpods
+keeps ``datasets/coco`` beside its code).
+"""
+from __future__ import annotations
+
+import os
+
+from .catalog import register_dataset
+from .coco import load_coco_json
+from .synthetic import ensure_synthetic_dataset
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name -> (folder under the root, json file under that folder, image folder under that folder)
+COCO_SPLITS = {
+    "coco_2017_train": ("coco", "annotations/instances_train2017.json", "train2017"),
+    "coco_2017_val": ("coco", "annotations/instances_val2017.json", "val2017"),
+}
+SYNTHETIC_SPLITS = {
+    "synthetic_shapes_train": ("synthetic_shapes", "annotations/instances_train.json", "train"),
+    "synthetic_shapes_val": ("synthetic_shapes", "annotations/instances_val.json", "val"),
+}
+
+
+def datasets_root() -> str:
+    return os.environ.get("IFR_DATASETS", os.path.join(_PROJECT_ROOT, "datasets"))
+
+
+def _paths(folder: str, json_file: str, image_dir: str, synthetic: bool) -> dict:
+    base = os.path.join(datasets_root(), folder)
+    if synthetic:
+        ensure_synthetic_dataset(base)
+    return {"json_file": os.path.join(base, json_file), "image_root": os.path.join(base, image_dir),
+            "evaluator_type": "coco", "synthetic": synthetic}
+
+
+def _register(name: str, spec: tuple[str, str, str], synthetic: bool) -> None:
+    metadata = lambda: _paths(*spec, synthetic)  # noqa: E731 (resolved when used: IFR_DATASETS may change)
+
+    def loader() -> list[dict]:
+        paths = metadata()
+        return load_coco_json(paths["json_file"], paths["image_root"])
+
+    register_dataset(name, loader, metadata)
+
+
+for _name, _spec in COCO_SPLITS.items():
+    _register(_name, _spec, synthetic=False)
+for _name, _spec in SYNTHETIC_SPLITS.items():
+    _register(_name, _spec, synthetic=True)

@@ -1,0 +1,85 @@
+"""COCO-format datasets: JSON annotations + an image folder, loaded into records (see ``catalog``)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+
+from pycocotools.coco import COCO
+
+from ifr.errors import UserError
+
+from .catalog import register_dataset
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetError(UserError):
+    """A missing dataset file or a malformed annotation."""
+
+
+def contiguous_category_ids(coco: COCO) -> dict[int, int]:
+    """COCO category id -> contiguous id in [0, K): the index in the sorted list of ids (as cvpods)."""
+    return {cat_id: i for i, cat_id in enumerate(sorted(coco.getCatIds()))}
+
+
+def load_coco_api(json_file: str) -> COCO:
+    if not os.path.isfile(json_file):
+        raise DatasetError(
+            f"annotation file {json_file} does not exist. Put the dataset there (COCO: datasets/coco/"
+            "annotations/instances_{train,val}2017.json and the train2017/val2017 image folders) or point "
+            "IFR_DATASETS at the folder that holds coco/.")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        try:
+            return COCO(json_file)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"{json_file} is not a valid COCO instances file ({type(e).__name__}: {e})") from e
+
+
+def _check_segmentation(segm, where: str) -> None:
+    if isinstance(segm, list):
+        for polygon in segm:
+            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                raise DatasetError(f"{where}: a polygon must be a flat list of at least 3 (x, y) pairs")
+    elif isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            raise DatasetError(f"{where}: an RLE segmentation needs 'counts' and 'size'")
+    else:
+        raise DatasetError(f"{where}: segmentation must be polygons (list) or RLE (dict), got {type(segm).__name__}")
+
+
+def load_coco_json(json_file: str, image_root: str) -> list[dict]:
+    """Records for every image of a COCO instances file; validates each annotation."""
+    coco = load_coco_api(json_file)
+    if not os.path.isdir(image_root):
+        raise DatasetError(f"image folder {image_root} does not exist (annotations: {json_file}). "
+                           "Put the images there or register the dataset with the right folder.")
+    id_map = contiguous_category_ids(coco)
+    records = []
+    for image_id in sorted(coco.getImgIds()):
+        image = coco.imgs[image_id]
+        annotations = []
+        for ann in coco.imgToAnns.get(image_id, []):
+            where = f"{json_file}: annotation {ann.get('id')} of image {image_id}"
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
+                raise DatasetError(f"{where}: bbox must be [x, y, width, height] with width, height >= 0, got {bbox}")
+            if ann.get("category_id") not in id_map:
+                raise DatasetError(f"{where}: category_id {ann.get('category_id')} is not in the file's categories")
+            record_ann = {"bbox": [float(v) for v in bbox], "category_id": id_map[ann["category_id"]],
+                          "iscrowd": int(ann.get("iscrowd", 0))}
+            if "segmentation" in ann:
+                _check_segmentation(ann["segmentation"], where)
+                record_ann["segmentation"] = ann["segmentation"]
+            annotations.append(record_ann)
+        records.append({"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
+                        "width": image["width"], "image_id": image_id, "annotations": annotations})
+    logger.info("loaded %d images from %s", len(records), json_file)
+    return records
+
+
+def register_coco_instances(name: str, json_file: str, image_root: str, **metadata) -> None:
+    """Registers a COCO-format dataset under ``name`` (loaded lazily, evaluated with COCO AP)."""
+    register_dataset(name, lambda: load_coco_json(json_file, image_root),
+                     dict(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata))

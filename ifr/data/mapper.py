@@ -1,0 +1,85 @@
+"""Turns a dataset record into the model's input dict (see ``ifr.modeling.meta_arch``)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_util
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from .coco import DatasetError
+from .transforms import build_augmentation, to_format
+
+logger = logging.getLogger(__name__)
+
+
+def read_image(file_name: str) -> Image.Image:
+    """An RGB PIL image with its EXIF orientation applied; a clear error for missing/corrupt files."""
+    try:
+        with Image.open(file_name) as image:
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"image {file_name} does not exist: check the dataset's image folder") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DatasetError(f"image {file_name} cannot be decoded ({e}); replace or remove it") from None
+
+
+def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """COCO polygons or RLE (compressed or not) -> (H, W) uint8 mask."""
+    if isinstance(segmentation, list):
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_util.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_util.decode(rle)
+
+
+class DatasetMapper:
+    """Record -> ``{"image", "height", "width", "image_id", ["instances"]}``.
+
+    Training: reads the image, drops crowd annotations, rasterises polygons/RLE to masks, applies the
+    augmentation (boxes and masks follow the image), removes instances left empty. Inference: reads
+    and resizes the image only; ``height``/``width`` stay the original size for the results.
+    """
+
+    def __init__(self, pipeline, image_format: str = "BGR", is_train: bool = True, mask_on: bool = True):
+        self.augment = build_augmentation(pipeline)
+        self.image_format = image_format
+        self.is_train = is_train
+        self.mask_on = mask_on
+
+    def __call__(self, record: dict) -> dict:
+        image = read_image(record["file_name"])
+        if (image.height, image.width) != (record["height"], record["width"]):
+            raise DatasetError(f"{record['file_name']} is {image.height}x{image.width} but its annotation says "
+                               f"{record['height']}x{record['width']}: fix the annotation file")
+        out = {"height": record["height"], "width": record["width"], "image_id": record["image_id"],
+               "file_name": record["file_name"]}
+        if not self.is_train:
+            out["image"] = to_format(F.pil_to_tensor(self.augment(image)), self.image_format)
+            return out
+        annotations = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
+        size = (record["height"], record["width"])
+        xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        boxes = tv_tensors.BoundingBoxes(xywh, format="XYWH", canvas_size=size)
+        boxes = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+        classes = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
+        target = {"boxes": boxes}
+        if self.mask_on:
+            masks = np.stack([segmentation_to_mask(a["segmentation"], *size) for a in annotations]) \
+                if annotations else np.zeros((0, *size), dtype=np.uint8)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        image, target = self.augment(image, target)
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        instances = {"boxes": boxes[keep], "classes": classes[keep]}
+        if self.mask_on:
+            instances["masks"] = target["masks"].as_subclass(torch.Tensor)[keep].bool()
+        out["image"] = to_format(F.pil_to_tensor(image), self.image_format)
+        out["instances"] = instances
+        return out

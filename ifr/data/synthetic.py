@@ -1,0 +1,135 @@
+"""A built-in SYNTHETIC instance-segmentation dataset: coloured shapes on textured backgrounds.
+
+It exists so that training, evaluation and the tests run without any download. It is generated
+deterministically (seeded numpy) on first use and written in COCO format (PNG images + an instances
+JSON, polygons for squares/triangles and RLE for ellipses), so it goes through exactly the same
+loader, mapper and COCO evaluator as COCO itself. It says nothing about accuracy on natural images.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_util
+
+CLASSES = ("ellipse", "square", "triangle")
+VERSION = 1  # bump when the generator changes, so stale copies are regenerated
+SPLITS = {"train": (600, 1), "val": (100, 2)}  # split -> (number of images, seed)
+IMAGE_SIZES = ((128, 128), (112, 160), (160, 112))  # (height, width)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A smooth two-colour gradient with pixel noise, (H, W, 3) uint8."""
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:height, 0:width]
+    t = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
+    t = (t - t.min()) / max(np.ptp(t), 1e-6)
+    image = a * (1 - t[..., None]) + b * t[..., None] + rng.normal(0, 12, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _shape_polygon(rng: np.random.Generator, kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if kind == "ellipse":
+        rx, ry = r, r * rng.uniform(0.6, 1.0)
+        rot = rng.uniform(0, math.pi)
+        pts = [(rx * math.cos(t), ry * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
+    else:
+        sides = 4 if kind == "square" else 3
+        rot = rng.uniform(0, 2 * math.pi)
+        pts = [(r * math.cos(2 * math.pi * k / sides), r * math.sin(2 * math.pi * k / sides)) for k in range(sides)]
+    c, s = math.cos(rot), math.sin(rot)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+def _render_image(rng: np.random.Generator, height: int, width: int):
+    image = _background(rng, height, width)
+    objects, boxes = [], []
+    for _ in range(int(rng.integers(1, 5))):
+        for _attempt in range(20):
+            kind = CLASSES[int(rng.integers(len(CLASSES)))]
+            r = rng.uniform(8, 26)
+            cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+            box = (cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
+            if all(box[2] < o[0] or box[0] > o[2] or box[3] < o[1] or box[1] > o[3] for o in boxes):
+                break
+        else:
+            continue
+        boxes.append(box)
+        polygon = _shape_polygon(rng, kind, cx, cy, r)
+        canvas = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon(polygon, fill=1)
+        mask = np.asarray(canvas, dtype=np.uint8)
+        if mask.sum() < 20:
+            continue
+        color = rng.uniform(0, 255, 3)
+        image[mask.astype(bool)] = np.clip(color + rng.normal(0, 6, (int(mask.sum()), 3)), 0, 255).astype(np.uint8)
+        objects.append((kind, polygon, mask))
+    return image, objects
+
+
+def _annotation(kind: str, polygon, mask: np.ndarray, ann_id: int, image_id: int) -> dict:
+    ys, xs = np.nonzero(mask)
+    bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    if kind == "ellipse":
+        rle = mask_util.encode(np.asfortranarray(mask))
+        segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    else:
+        segmentation = [[round(v, 2) for point in polygon for v in point]]
+    return {"id": ann_id, "image_id": image_id, "category_id": CLASSES.index(kind) + 1, "bbox": bbox,
+            "area": float(mask.sum()), "iscrowd": 0, "segmentation": segmentation}
+
+
+def generate_split(root: str, split: str) -> None:
+    """Writes ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json``."""
+    num_images, seed = SPLITS[split]
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(root, split)
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        height, width = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+        image, objects = _render_image(rng, height, width)
+        file_name = f"{image_id:06d}.png"
+        Image.fromarray(image).save(os.path.join(image_dir, file_name))
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for kind, polygon, mask in objects:
+            annotations.append(_annotation(kind, polygon, mask, len(annotations) + 1, image_id))
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
+        json.dump({"images": images, "annotations": annotations, "info": {"description": "IFR synthetic shapes"},
+                   "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]},
+                  f)
+
+
+def ensure_synthetic_dataset(root: str) -> str:
+    """Generates the dataset under ``root`` unless it is already complete; returns ``root``.
+
+    Generation happens in a temporary sibling folder renamed into place, so concurrent processes
+    never see a half-written dataset.
+    """
+    marker = os.path.join(root, f"COMPLETE_v{VERSION}")
+    if os.path.exists(marker):
+        return root
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    try:
+        for split in SPLITS:
+            generate_split(staging, split)
+        open(os.path.join(staging, f"COMPLETE_v{VERSION}"), "w").close()
+        if os.path.exists(root):
+            shutil.rmtree(root)
+        try:
+            os.rename(staging, root)
+        except OSError:  # another process finished first
+            if not os.path.exists(marker):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
