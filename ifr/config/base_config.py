@@ -10,6 +10,14 @@ from .config_dict import ConfigDict
 logger = logging.getLogger(__name__)
 
 
+def experiment_output_dir(config_file: str) -> str:
+    """Per-experiment output folder for an experiment's ``config.py``: ``$IFR_OUTPUT_ROOT/<folder name>``
+    if that variable is set, else ``<folder>/output``. A copied experiment folder gets its own outputs."""
+    folder = os.path.dirname(os.path.realpath(config_file))
+    root = os.environ.get("IFR_OUTPUT_ROOT")
+    return os.path.join(root, os.path.basename(folder)) if root else os.path.join(folder, "output")
+
+
 class BaseConfig(ConfigDict):
     """Base of all experiment configs.
 

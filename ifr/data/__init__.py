@@ -1,9 +1,9 @@
 """Datasets (registered by name), the record -> model-input mapper, samplers and loaders."""
 from . import builtin  # noqa: F401  (registers coco_2017_* and synthetic_shapes_*)
-from .build import build_test_loader, build_train_loader
+from .build import build_test_loader, build_train_loader, check_datasets
 from .catalog import get_dataset_dicts, get_metadata, register_dataset, registered_datasets
 from .coco import DatasetError, load_coco_json, register_coco_instances
 from .mapper import DatasetMapper
 
-__all__ = ["DatasetError", "DatasetMapper", "build_test_loader", "build_train_loader", "get_dataset_dicts",
+__all__ = ["DatasetError", "DatasetMapper", "build_test_loader", "build_train_loader", "check_datasets", "get_dataset_dicts",
            "get_metadata", "load_coco_json", "register_coco_instances", "register_dataset", "registered_datasets"]

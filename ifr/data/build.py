@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ifr.errors import UserError
 
-from .catalog import get_dataset_dicts
+from .catalog import get_dataset_dicts, get_metadata
+from .coco import check_coco_paths
 from .mapper import DatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
 
@@ -57,6 +58,14 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1) -> Da
     sampler = GroupedInfiniteBatchSampler(groups, batch_size, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(MapDataset(records, mapper), batch_sampler=sampler, collate_fn=_as_list,
                       num_workers=cfg.DATALOADER.NUM_WORKERS, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
+
+
+def check_datasets(dataset_names) -> None:
+    """Fails fast (before a long training run) when a dataset is unregistered or its files are missing."""
+    for name in dataset_names:
+        metadata = get_metadata(name)
+        if "json_file" in metadata:
+            check_coco_paths(metadata["json_file"], metadata.get("image_root"))
 
 
 def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1) -> DataLoader:

@@ -24,12 +24,20 @@ def contiguous_category_ids(coco: COCO) -> dict[int, int]:
     return {cat_id: i for i, cat_id in enumerate(sorted(coco.getCatIds()))}
 
 
-def load_coco_api(json_file: str) -> COCO:
+def check_coco_paths(json_file: str, image_root: str | None = None) -> None:
+    """A DatasetError naming the missing path and how to fix it, before anything is loaded."""
     if not os.path.isfile(json_file):
         raise DatasetError(
             f"annotation file {json_file} does not exist. Put the dataset there (COCO: datasets/coco/"
             "annotations/instances_{train,val}2017.json and the train2017/val2017 image folders) or point "
             "IFR_DATASETS at the folder that holds coco/.")
+    if image_root is not None and not os.path.isdir(image_root):
+        raise DatasetError(f"image folder {image_root} does not exist (annotations: {json_file}). "
+                           "Put the images there or register the dataset with the right folder.")
+
+
+def load_coco_api(json_file: str) -> COCO:
+    check_coco_paths(json_file)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         try:
             return COCO(json_file)
@@ -51,10 +59,8 @@ def _check_segmentation(segm, where: str) -> None:
 
 def load_coco_json(json_file: str, image_root: str) -> list[dict]:
     """Records for every image of a COCO instances file; validates each annotation."""
+    check_coco_paths(json_file, image_root)
     coco = load_coco_api(json_file)
-    if not os.path.isdir(image_root):
-        raise DatasetError(f"image folder {image_root} does not exist (annotations: {json_file}). "
-                           "Put the images there or register the dataset with the right folder.")
     id_map = contiguous_category_ids(coco)
     records = []
     for image_id in sorted(coco.getImgIds()):

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 
 CLASSES = ("ellipse", "square", "triangle")
-VERSION = 1  # bump when the generator changes, so stale copies are regenerated
+VERSION = 2  # bump when the generator changes, so stale copies are regenerated
 SPLITS = {"train": (600, 1), "val": (100, 2)}  # split -> (number of images, seed)
 IMAGE_SIZES = ((128, 128), (112, 160), (160, 112))  # (height, width)
 
@@ -47,6 +47,17 @@ def _shape_polygon(rng: np.random.Generator, kind: str, cx: float, cy: float, r:
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
 
+def _rasterize(kind: str, polygon, height: int, width: int) -> np.ndarray:
+    """The (H, W) uint8 mask the annotation will decode to: pycocotools' rasterisation of the stored
+    polygon (squares, triangles), or the PIL-filled outline stored as RLE (ellipses)."""
+    if kind == "ellipse":
+        canvas = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(canvas).polygon(polygon, fill=1)
+        return np.asarray(canvas, dtype=np.uint8)
+    flat = [round(v, 2) for point in polygon for v in point]
+    return mask_util.decode(mask_util.merge(mask_util.frPyObjects([flat], height, width)))
+
+
 def _render_image(rng: np.random.Generator, height: int, width: int):
     image = _background(rng, height, width)
     objects, boxes = [], []
@@ -62,9 +73,7 @@ def _render_image(rng: np.random.Generator, height: int, width: int):
             continue
         boxes.append(box)
         polygon = _shape_polygon(rng, kind, cx, cy, r)
-        canvas = Image.new("L", (width, height), 0)
-        ImageDraw.Draw(canvas).polygon(polygon, fill=1)
-        mask = np.asarray(canvas, dtype=np.uint8)
+        mask = _rasterize(kind, polygon, height, width)
         if mask.sum() < 20:
             continue
         color = rng.uniform(0, 255, 3)

@@ -60,7 +60,7 @@ AUGMENTATIONS = {
 }
 
 
-def build_augmentation(pipeline: Sequence[tuple[str, dict]]) -> v2.Compose:
+def build_augmentation(pipeline: Sequence[tuple[str, dict]]) -> v2.Transform:
     transforms = []
     for entry in pipeline:
         name, kwargs = entry[0], dict(entry[1]) if len(entry) > 1 else {}
@@ -70,7 +70,7 @@ def build_augmentation(pipeline: Sequence[tuple[str, dict]]) -> v2.Compose:
             transforms.append(AUGMENTATIONS[name](**kwargs))
         except TypeError as e:
             raise UserError(f"bad arguments for augmentation {name}: {e}") from e
-    return v2.Compose(transforms)
+    return v2.Compose(transforms) if transforms else v2.Identity()
 
 
 def to_format(image: torch.Tensor, image_format: str) -> torch.Tensor:

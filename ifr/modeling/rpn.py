@@ -15,6 +15,8 @@ from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
+from ifr.errors import TrainingDivergedError
+
 from .anchor_generator import DefaultAnchorGenerator
 
 # Largest log-scale a predicted box may grow by (cvpods/detectron2's _DEFAULT_SCALE_CLAMP).
@@ -122,7 +124,7 @@ class RPN(nn.Module):
             finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
             if not finite.all():
                 if self.training:
-                    raise FloatingPointError("RPN predicted non-finite boxes or scores: training has diverged "
+                    raise TrainingDivergedError("RPN predicted non-finite boxes or scores: training has diverged "
                                              "(lower SOLVER.OPTIMIZER.BASE_LR or lengthen the warm-up)")
                 boxes, scores, levels = boxes[finite], scores[finite], levels[finite]
             boxes = clip_boxes_to_image(boxes, image_size)

@@ -1,0 +1,183 @@
+"""What every run does: command-line parsing, output folder + logging + config dump, device and
+schedule set-up, and the DefaultTrainer that assembles model, data, optimizer and hooks."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ifr.data import build_test_loader, build_train_loader, check_datasets
+from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
+
+from .checkpoint import Checkpointer
+from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
+from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
+from .train_loop import SimpleTrainer
+
+logger = logging.getLogger("ifr")
+
+
+def default_argument_parser(description: str, test: bool = False) -> argparse.ArgumentParser:
+    """cvpods' command line: launcher flags, then ``KEY VALUE`` config overrides."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Config overrides follow the flags, e.g.: SOLVER.OPTIMIZER.BASE_LR 0.01 "
+                                            "MODEL.DEVICE cpu")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto", help="init URL of the process group")
+    if test:
+        parser.add_argument("--start-iter", type=int, default=None, help="evaluate checkpoints from this iteration")
+        parser.add_argument("--end-iter", type=int, default=None, help="... up to this iteration")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser
+
+
+_FORMAT = "[%(asctime)s %(name)s]: %(message)s"
+
+
+def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
+    """Logs of the ``ifr`` package to stdout (rank 0) and to OUTPUT_DIR/log.txt (log.txt.rank{r})."""
+    root = logging.getLogger("ifr")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(_FORMAT, datefmt="%m/%d %H:%M:%S")
+    if rank == 0:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(formatter)
+        root.addHandler(console)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "log.txt" if rank == 0 else f"log.txt.rank{rank}")
+        file_handler = logging.FileHandler(path)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    return root
+
+
+def resolve_device(cfg) -> torch.device:
+    """MODEL.DEVICE, falling back to the CPU (said once in the log) when CUDA is unavailable."""
+    device = cfg.MODEL.DEVICE
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE is %r but no GPU is available: running on the CPU", device)
+        cfg.MODEL.DEVICE = "cpu"
+    elif device == "cpu":
+        logger.info("running on the CPU (MODEL.DEVICE cpu)")
+    return torch.device(cfg.MODEL.DEVICE)
+
+
+def scale_to_world_size(cfg, world_size: int) -> None:
+    """cvpods' schedule adjustment: configs are written for IMS_PER_BATCH / IMS_PER_DEVICE processes;
+    with ``world_size`` processes the batch becomes IMS_PER_DEVICE * world_size and the iteration
+    counts (MAX_ITER, STEPS, CHECKPOINT_PERIOD, EVAL_PERIOD) and BASE_LR are scaled to match, so one
+    process reproduces an 8-GPU schedule with 8x the iterations at 1/8 the LR. WARMUP_ITERS and
+    PRETRAINED_STEPS are not scaled (as in cvpods)."""
+    solver = cfg.SOLVER
+    reference = solver.IMS_PER_BATCH // solver.IMS_PER_DEVICE
+    if reference < 1 or solver.IMS_PER_BATCH % solver.IMS_PER_DEVICE:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH ({solver.IMS_PER_BATCH}) must be a multiple of SOLVER.IMS_PER_DEVICE "
+                         f"({solver.IMS_PER_DEVICE})")
+    if world_size == reference:
+        return
+    ratio = world_size / reference
+    sched = solver.LR_SCHEDULER
+    solver.IMS_PER_BATCH = solver.IMS_PER_DEVICE * world_size
+    sched.MAX_ITER = int(sched.MAX_ITER / ratio)
+    sched.STEPS = tuple(int(s / ratio) for s in sched.STEPS)
+    solver.CHECKPOINT_PERIOD = int(solver.CHECKPOINT_PERIOD / ratio)
+    cfg.TEST.EVAL_PERIOD = int(cfg.TEST.EVAL_PERIOD / ratio)
+    solver.OPTIMIZER.BASE_LR = solver.OPTIMIZER.BASE_LR * ratio
+    logger.info("scaled the schedule from %d to %d processes: IMS_PER_BATCH %d, MAX_ITER %d, STEPS %s, BASE_LR %g",
+                reference, world_size, solver.IMS_PER_BATCH, sched.MAX_ITER, sched.STEPS, solver.OPTIMIZER.BASE_LR)
+
+
+def seed_all(seed: int) -> int:
+    """Seeds python, numpy and torch; a negative seed draws a random one (returned and stored)."""
+    if seed < 0:
+        seed = int.from_bytes(os.urandom(2), "big")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
+    """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
+    setup_logger(cfg.OUTPUT_DIR, rank)
+    logger.info("command line: %s", " ".join(sys.argv))
+    logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,
+                __import__("torchvision").__version__, torch.cuda.is_available())
+    scale_to_world_size(cfg, world_size)
+    cfg.SEED = seed_all(cfg.SEED + rank if cfg.SEED >= 0 else -1)
+    resolve_device(cfg)
+    logger.info("config differences from %s:\n%s", type(cfg).__mro__[1].__name__, cfg.diff(cfg.base_defaults()))
+    if rank == 0:
+        cfg.dump(os.path.join(cfg.OUTPUT_DIR, "config.json"))
+    if not args.eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> COCOEvaluator:
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), tasks)
+
+
+def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
+    """Evaluates on every DATASETS.TEST entry; prints the COCO tables and copypaste lines."""
+    results = {}
+    for name in cfg.DATASETS.TEST:
+        loader = build_test_loader(cfg, name)
+        scores = inference_on_dataset(model, loader, build_evaluator(cfg, name), show_progress)
+        logger.info("Evaluation results for %s in csv format:", name)
+        print_csv_format(scores)
+        results[name] = scores
+    return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+
+
+class DefaultTrainer(SimpleTrainer):
+    """Builds model (``build_model(cfg)``, from the experiment's net.py), data, optimizer, schedule,
+    checkpointer and hooks from ``cfg``; ``resume_or_load`` then ``train``."""
+
+    def __init__(self, cfg, build_model: Callable, show_progress: bool = True):
+        self.cfg = cfg
+        check_datasets(cfg.DATASETS.TEST)  # not only after hours of training
+        model = build_model(cfg).to(cfg.MODEL.DEVICE)
+        logger.info("model:\n%s", model)
+        optimizer = build_optimizer(cfg, model)
+        super().__init__(model, build_train_loader(cfg, seed=cfg.SEED), optimizer, build_gradient_clipper(cfg))
+        self.scheduler = build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=self.scheduler)
+        self.start_iter = 0
+        max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
+        writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE),
+                   JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
+                   TensorboardWriter(cfg.OUTPUT_DIR)]
+        self.register_hooks([
+            LRSchedulerHook(optimizer, self.scheduler),
+            EquilibriumStatsHook(model),
+            PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter),
+            EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, self.model, show_progress) if cfg.DATASETS.TEST
+                     else {}),
+            PeriodicWriter(writers, period=cfg.TRAINER.WINDOW_SIZE),
+        ])
+
+    def resume_or_load(self, resume: bool) -> None:
+        resuming = resume and self.checkpointer.last_checkpoint() is not None
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
+        self.start_iter = extra.get("iteration", -1) + 1 if resuming else 0
+
+    def train(self) -> None:
+        super().train(self.start_iter, self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER)

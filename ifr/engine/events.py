@@ -1,0 +1,102 @@
+"""Training metrics: a per-iteration store and the writers that report it (console, JSON, TensorBoard)."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import resource
+import statistics
+from collections import defaultdict
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class EventStorage:
+    """Scalar history per metric name: ``history[name] = [(iteration, value), ...]``."""
+
+    def __init__(self, start_iter: int = 0):
+        self.iter = start_iter
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def put_scalar(self, name: str, value) -> None:
+        value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        self.history[name].append((self.iter, value))
+
+    def put_scalars(self, **scalars) -> None:
+        for name, value in scalars.items():
+            self.put_scalar(name, value)
+
+    def latest(self, name: str) -> float:
+        return self.history[name][-1][1]
+
+    def median(self, name: str, window: int) -> float:
+        return statistics.median(v for _, v in self.history[name][-window:])
+
+    def global_average(self, name: str) -> float:
+        values = [v for _, v in self.history[name]]
+        return sum(values) / len(values)
+
+    def current(self, window: int) -> dict[str, float]:
+        """Metrics recorded at the current iteration, loss-like ones smoothed by a window median."""
+        out = {}
+        for name, values in self.history.items():
+            if values[-1][0] == self.iter:
+                out[name] = self.median(name, window) if "loss" in name else values[-1][1]
+        return out
+
+
+def max_memory_mb() -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident memory (CPU), in MiB."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class CommonMetricPrinter:
+    """Console line: ETA, iteration, smoothed losses, time/iter, data time, lr, memory."""
+
+    def __init__(self, max_iter: int, window: int = 20):
+        self.max_iter, self.window = max_iter, window
+
+    def write(self, storage: EventStorage) -> None:
+        it = storage.iter
+        losses = "  ".join(f"{k}: {storage.median(k, self.window):.4g}" for k in sorted(storage.history) if "loss" in k)
+        step_time = storage.median("time", self.window) if storage.history.get("time") else float("nan")
+        data_time = storage.median("data_time", self.window) if storage.history.get("data_time") else float("nan")
+        eta = datetime.timedelta(seconds=int(step_time * (self.max_iter - it - 1))) if step_time == step_time else "?"
+        lr = storage.latest("lr") if storage.history.get("lr") else float("nan")
+        logger.info(f"eta: {eta}  iter: {it + 1}/{self.max_iter}  {losses}  time: {step_time:.4f}  "
+                    f"data_time: {data_time:.4f}  lr: {lr:.6g}  max_mem: {max_memory_mb():.0f}M")
+
+
+class JSONWriter:
+    """Appends one JSON object per report to ``path`` (metrics.json)."""
+
+    def __init__(self, path: str, window: int = 20):
+        self.path, self.window = path, window
+
+    def write(self, storage: EventStorage) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"iteration": storage.iter, **storage.current(self.window)}) + "\n")
+
+
+class TensorboardWriter:
+    """Every scalar recorded since the previous report, as TensorBoard events in ``log_dir``."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+        self.writer = SummaryWriter(log_dir)
+        self.written: dict[str, int] = defaultdict(int)  # name -> number of history entries written
+
+    def write(self, storage: EventStorage) -> None:
+        for name, values in storage.history.items():
+            for it, value in values[self.written[name]:]:
+                self.writer.add_scalar(name, value, it)
+            self.written[name] = len(values)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,108 @@
+"""Hooks around the training loop: LR schedule, checkpoints, evaluation, metric writers, DEQ stats."""
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from ifr.deq import EquilibriumRefinement
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """``trainer`` is set when the hook is registered."""
+
+    trainer = None
+
+    def before_train(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+
+class LRSchedulerHook(HookBase):
+    """Records the LR used by this iteration, then steps the scheduler."""
+
+    def __init__(self, optimizer, scheduler):
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def after_step(self) -> None:
+        self.trainer.storage.put_scalar("lr", max(g["lr"] for g in self.optimizer.param_groups))
+        self.scheduler.step()
+
+
+class PeriodicCheckpointer(HookBase):
+    """``model_{iter+1:07d}`` every ``period`` iterations and ``model_final`` at the end."""
+
+    def __init__(self, checkpointer, period: int, max_iter: int):
+        self.checkpointer, self.period, self.max_iter = checkpointer, period, max_iter
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if it + 1 >= self.max_iter:
+            self.checkpointer.save("model_final", iteration=it)
+        elif self.period > 0 and (it + 1) % self.period == 0:
+            self.checkpointer.save(f"model_{it + 1:07d}", iteration=it)
+
+
+class EvalHook(HookBase):
+    """Runs ``evaluate()`` every ``period`` iterations (0: only after the last) and stores the APs."""
+
+    def __init__(self, period: int, evaluate):
+        self.period, self.evaluate = period, evaluate
+
+    def _run(self) -> None:
+        results = self.evaluate()
+        for task, scores in (results or {}).items():
+            for name, value in scores.items():
+                if "-" not in name:
+                    self.trainer.storage.put_scalar(f"{task}/{name}", value)
+
+    def after_step(self) -> None:
+        it = self.trainer.iter + 1
+        if self.period > 0 and it % self.period == 0 and it != self.trainer.max_iter:
+            self._run()
+
+    def after_train(self) -> None:
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            self._run()
+
+
+class PeriodicWriter(HookBase):
+    def __init__(self, writers: list, period: int = 20):
+        self.writers, self.period = writers, period
+
+    def after_step(self) -> None:
+        it = self.trainer.iter + 1
+        if it % self.period == 0 or it == self.trainer.max_iter:
+            for writer in self.writers:
+                writer.write(self.trainer.storage)
+
+    def after_train(self) -> None:
+        for writer in self.writers:
+            if hasattr(writer, "close"):
+                writer.close()
+
+
+class EquilibriumStatsHook(HookBase):
+    """Logs each equilibrium refinement's last solves: forward/backward iterations and relative
+    residuals (``deq/<module>/forward_iterations``, ...); nothing while a layer runs unrolled (its
+    ``last_stats`` is None then)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = {name or "refinement": m for name, m in model.named_modules()
+                       if isinstance(m, EquilibriumRefinement)}
+
+    def after_step(self) -> None:
+        storage = self.trainer.storage
+        for name, layer in self.layers.items():
+            tag = name.replace("module.", "").replace("roi_heads.", "")
+            solves = {"forward": layer.last_stats, "backward": getattr(layer.backward_strategy, "last_stats", None)}
+            for kind, stats in solves.items():
+                if stats is None:
+                    continue
+                summary = stats.summary()
+                storage.put_scalar(f"deq/{tag}/{kind}_iterations", summary["iterations"])
+                storage.put_scalar(f"deq/{tag}/{kind}_rel_residual", summary["rel_residual"])

@@ -1,0 +1,138 @@
+"""COCO box and mask AP with pycocotools, reported as cvpods does (summary, tables, copypaste lines)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_util
+from pycocotools.cocoeval import COCOeval
+from tabulate import tabulate
+
+from ifr.data.catalog import get_metadata
+from ifr.data.coco import contiguous_category_ids, load_coco_api
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def instances_to_coco_json(instances: dict, image_id: int) -> list[dict]:
+    """One image's detections (contiguous class ids) -> COCO result dicts (XYWH boxes, RLE masks)."""
+    boxes = instances["boxes"].cpu().clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    results = []
+    masks = instances.get("masks")
+    for k in range(len(boxes)):
+        result = {"image_id": image_id, "category_id": int(instances["classes"][k]), "bbox": boxes[k].tolist(),
+                  "score": float(instances["scores"][k])}
+        if masks is not None:
+            rle = mask_util.encode(np.asfortranarray(masks[k].cpu().numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("utf-8")
+            result["segmentation"] = rle
+        results.append(result)
+    return results
+
+
+def _all_gather(items: list) -> list:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return list(itertools.chain.from_iterable(gathered))
+
+
+class COCOEvaluator:
+    """Collects predictions with ``process`` and computes AP with ``evaluate``; writes
+    ``coco_instances_results.json``, ``instances_predictions.pth`` and ``coco_eval_results.json``
+    into ``output_dir``."""
+
+    def __init__(self, dataset_name: str, output_dir: str | None = None, tasks: tuple[str, ...] = ("bbox", "segm")):
+        self.dataset_name = dataset_name
+        self.output_dir = output_dir
+        self.tasks = tuple(sorted(tasks))
+        self.coco_gt = load_coco_api(get_metadata(dataset_name)["json_file"])
+        self.contiguous_to_coco = {v: k for k, v in contiguous_category_ids(self.coco_gt).items()}
+        self.class_names = [self.coco_gt.cats[self.contiguous_to_coco[i]]["name"]
+                            for i in range(len(self.contiguous_to_coco))]
+        self.reset()
+
+    def reset(self) -> None:
+        self._predictions: list[dict] = []
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for x, y in zip(inputs, outputs):
+            self._predictions.append({"image_id": x["image_id"],
+                                      "instances": instances_to_coco_json(y["instances"], x["image_id"])})
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        predictions = _all_gather(self._predictions)
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return {}
+        results = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            torch.save(predictions, os.path.join(self.output_dir, "instances_predictions.pth"))
+        for r in results:
+            r["category_id"] = self.contiguous_to_coco[r["category_id"]]
+        if self.output_dir:
+            with open(os.path.join(self.output_dir, "coco_instances_results.json"), "w") as f:
+                json.dump(results, f)
+        image_ids = sorted({p["image_id"] for p in predictions})
+        scores = {task: self._evaluate_task(task, results, image_ids) for task in self.tasks}
+        if self.output_dir:
+            with open(os.path.join(self.output_dir, "coco_eval_results.json"), "w") as f:
+                json.dump(scores, f, indent=2)
+        return scores
+
+    def _evaluate_task(self, task: str, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+        task_results = [{k: v for k, v in r.items() if not (task == "segm" and k == "bbox")} for r in results]
+        if not task_results:
+            logger.warning("[COCOEvaluator] no predictions for %s on %s: every AP is 0", task, self.dataset_name)
+            scores = {m: 0.0 for m in METRICS}
+            scores.update({f"AP-{name}": 0.0 for name in self.class_names})
+            self._print_tables(task, scores, "no predictions")
+            return scores
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = self.coco_gt.loadRes(task_results)
+        coco_eval = COCOeval(self.coco_gt, coco_dt, task)
+        coco_eval.params.imgIds = image_ids
+        summary = io.StringIO()
+        with contextlib.redirect_stdout(summary):
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        scores = {m: float(s * 100 if s >= 0 else "nan") for m, s in zip(METRICS, coco_eval.stats)}
+        precision = coco_eval.eval["precision"]  # (iou, recall, class, area, max dets)
+        for k, name in enumerate(self.class_names):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            scores[f"AP-{name}"] = float(np.mean(p) * 100) if p.size else float("nan")
+        self._print_tables(task, scores, summary.getvalue())
+        return scores
+
+    def _print_tables(self, task: str, scores: dict[str, float], summary: str) -> None:
+        table = tabulate([[scores[m] for m in METRICS]], headers=METRICS, tablefmt="pipe", floatfmt=".3f",
+                         numalign="center")
+        logger.info("Evaluation results for %s: \n%s\n%s", task, summary.rstrip(), table)
+        per_class = list(itertools.chain.from_iterable((name, f"{scores[f'AP-{name}']:.3f}")
+                                                       for name in self.class_names))
+        columns = min(6, len(per_class))
+        rows = itertools.zip_longest(*[per_class[i::columns] for i in range(columns)])
+        logger.info("Per-category %s AP: \n%s", task,
+                    tabulate(rows, headers=["category", "AP"] * (columns // 2), tablefmt="pipe", numalign="left"))
+
+
+def print_csv_format(results: dict[str, dict[str, float]]) -> None:
+    """The ``copypaste:`` lines cvpods prints for pasting into spreadsheets."""
+    for task, scores in results.items():
+        main = [(k, v) for k, v in scores.items() if "-" not in k]
+        logger.info("copypaste: Task: %s", task)
+        logger.info("copypaste: %s", ",".join(k for k, _ in main))
+        logger.info("copypaste: %s", ",".join(f"{v:.4f}" for _, v in main))

@@ -1,0 +1,41 @@
+"""Loading an experiment folder: its ``config.py`` (a module-level ``config``) and ``net.py``
+(``build_model(cfg)``), as cvpods' tools do from the current directory."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Callable
+
+from ifr.errors import UserError, user_message
+
+
+def _import_file(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_reporting_user_errors(run: Callable, args) -> None:
+    """Runs ``run(args)``; a UserError ends the program with its message alone (exit status 2)."""
+    try:
+        run(args)
+    except UserError as e:
+        print(f"ERROR: {user_message(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def load_experiment(folder: str) -> tuple[object, Callable]:
+    """(config, build_model) of the experiment in ``folder``."""
+    paths = {name: os.path.join(folder, f"{name}.py") for name in ("config", "net")}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"{folder} is not an experiment folder (missing {', '.join(os.path.basename(p) for p in missing)}"
+                        "): run pods_train / pods_test inside one, e.g. cd mask_rcnn.ifr.res50.fpn.coco.multiscale.1x")
+    config = getattr(_import_file("ifr_experiment_config", paths["config"]), "config", None)
+    build_model = getattr(_import_file("ifr_experiment_net", paths["net"]), "build_model", None)
+    if config is None or build_model is None:
+        raise UserError(f"{folder}: config.py must define `config` and net.py must define `build_model(cfg)`")
+    return config, build_model

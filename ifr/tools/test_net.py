@@ -1,0 +1,64 @@
+"""``pods_test``: evaluate checkpoints of the experiment in the current folder.
+
+``MODEL.WEIGHTS file`` on the command line evaluates that file; otherwise the newest
+``OUTPUT_DIR/model_*.pth``, or with --start-iter/--end-iter every checkpoint in that range.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+from ifr.data import check_datasets
+from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
+from ifr.errors import UserError
+
+from .experiment import load_experiment, run_reporting_user_errors
+from .train_net import check_single_process
+
+
+def checkpoint_iteration(path: str, max_iter: int) -> int:
+    """model_0004999.pth -> 4999 (iterations done); model_final.pth -> MAX_ITER."""
+    match = re.fullmatch(r"model_(\d+)\.pth", os.path.basename(path))
+    return int(match.group(1)) if match else max_iter
+
+
+def checkpoints_to_evaluate(cfg, args) -> list[str]:
+    if "MODEL.WEIGHTS" in args.opts[::2]:
+        return [cfg.MODEL.WEIGHTS]
+    files = sorted(glob.glob(os.path.join(cfg.OUTPUT_DIR, "model_*.pth")), key=os.path.getmtime)
+    if not files:
+        raise UserError(f"no checkpoints model_*.pth in {cfg.OUTPUT_DIR}: train first, or pass MODEL.WEIGHTS /path.pth")
+    if args.start_iter is None and args.end_iter is None:
+        return files[-1:]
+    start = args.start_iter if args.start_iter is not None else 0
+    end = args.end_iter if args.end_iter is not None else float("inf")
+    max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
+    selected = [f for f in files if start <= checkpoint_iteration(f, max_iter) <= end]
+    if not selected:
+        raise UserError(f"no checkpoint in {cfg.OUTPUT_DIR} between iterations {start} and {end}")
+    return sorted(selected, key=lambda f: checkpoint_iteration(f, max_iter))
+
+
+def run(args) -> None:
+    check_single_process(args)
+    config, build_model = load_experiment(os.getcwd())
+    config.merge_from_list(args.opts)
+    default_setup(config, args)
+    if not config.DATASETS.TEST:
+        raise UserError("DATASETS.TEST is empty: name a registered dataset, e.g. DATASETS.TEST \"('coco_2017_val',)\"")
+    check_datasets(config.DATASETS.TEST)
+    for path in checkpoints_to_evaluate(config, args):
+        model = build_model(config).to(config.MODEL.DEVICE)
+        Checkpointer(model, config.OUTPUT_DIR).resume_or_load(path, resume=args.resume)
+        evaluate(config, model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = default_argument_parser("Evaluate an IFR experiment's checkpoints (run inside its folder).",
+                                   test=True).parse_args(argv)
+    run_reporting_user_errors(run, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Datasets, the synthetic generator, the mapper and the data errors users can hit."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ifr.data import DatasetError, DatasetMapper, get_dataset_dicts, get_metadata, load_coco_json
+from ifr.data.synthetic import CLASSES, generate_split
+from ifr.data.samplers import GroupedInfiniteBatchSampler, InferenceSampler
+
+TRAIN_PIPELINE = [("ResizeShortestEdge", dict(short_edge_length=(64, 96), max_size=200, sample_style="choice")),
+                  ("RandomFlip", dict())]
+
+
+def _hash_split(root, split):
+    generate_split(str(root), split)
+    digest = hashlib.sha256(open(os.path.join(root, "annotations", f"instances_{split}.json"), "rb").read())
+    digest.update(open(os.path.join(root, split, "000003.png"), "rb").read())
+    return digest.hexdigest()
+
+
+def test_synthetic_dataset_is_deterministic(tmp_path):
+    assert _hash_split(tmp_path / "a", "val") == _hash_split(tmp_path / "b", "val")
+
+
+def test_builtin_synthetic_dataset_loads_with_masks_matching_boxes(datasets_root):
+    records = get_dataset_dicts("synthetic_shapes_val")
+    assert len(records) == 100 and get_metadata("synthetic_shapes_val")["synthetic"] is True
+    categories = {a["category_id"] for r in records for a in r["annotations"]}
+    assert categories == set(range(len(CLASSES)))
+    mapper = DatasetMapper([], "RGB", is_train=True)
+    for record in records[:10]:
+        out = mapper(record)
+        inst = out["instances"]
+        assert out["image"].dtype == torch.uint8 and out["image"].shape[1:] == (record["height"], record["width"])
+        for box, mask in zip(inst["boxes"], inst["masks"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            # the box of a polygon / RLE is the tight box of its rasterised mask (within a pixel)
+            torch.testing.assert_close(box, torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float(),
+                                       atol=1.0, rtol=0)
+
+
+def test_train_mapper_resizes_flips_and_keeps_boxes_on_masks(datasets_root):
+    record = get_dataset_dicts("synthetic_shapes_train")[0]
+    torch.manual_seed(3)
+    mapper = DatasetMapper(TRAIN_PIPELINE, "BGR", is_train=True)
+    plain = DatasetMapper([], "BGR", is_train=True)(record)
+    seen_flip = False
+    for _ in range(8):
+        out = mapper(record)
+        h, w = out["image"].shape[1:]
+        assert min(h, w) in (64, 96)
+        inst = out["instances"]
+        scale = h / record["height"]
+        for box, mask in zip(inst["boxes"], inst["masks"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            tight = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+            assert (box - tight).abs().max() <= 2.0
+        unflipped = plain["instances"]["boxes"] * scale
+        flipped = unflipped[:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor([w, 0, w, 0])
+        if torch.allclose(inst["boxes"], flipped, atol=1.5) and not torch.allclose(inst["boxes"], unflipped, atol=1.5):
+            seen_flip = True
+    assert seen_flip
+    rgb = DatasetMapper([], "RGB", is_train=False)(record)["image"]
+    assert torch.equal(plain["image"], rgb.flip(0))  # BGR = reversed channels
+
+
+def _write_coco(tmp_path, annotations, image_size=(20, 30)):
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((*image_size, 3), dtype=np.uint8)).save(images / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": image_size[0], "width": image_size[1]}],
+            "annotations": annotations, "categories": [{"id": 7, "name": "thing"}, {"id": 3, "name": "other"}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return str(path), str(images)
+
+
+def test_coco_loader_maps_ids_drops_crowd_and_decodes_rle(tmp_path):
+    square = [[2, 2, 12, 2, 12, 12, 2, 12]]
+    rle = {"size": [20, 30], "counts": [40, 5, 15, 5, 535]}
+    json_file, images = _write_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "segmentation": square, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [2, 0, 2, 5], "segmentation": rle, "iscrowd": 0},
+        {"id": 3, "image_id": 1, "category_id": 3, "bbox": [0, 0, 30, 20], "segmentation": rle, "iscrowd": 1},
+    ])
+    records = load_coco_json(json_file, images)
+    assert [a["category_id"] for a in records[0]["annotations"]] == [1, 0, 0]  # sorted COCO ids -> 0..K-1
+    out = DatasetMapper([], "BGR", is_train=True)(records[0])
+    assert out["instances"]["classes"].tolist() == [1, 0]
+    masks = out["instances"]["masks"]
+    assert masks[0].sum() == 100 and masks[1].sum() == 10 and masks[1][:, 2:4].all(dim=1)[0:5].all()
+
+
+@pytest.mark.parametrize("annotation, message", [
+    ({"bbox": [1, 1, -3, 4], "category_id": 7}, "bbox must be"),
+    ({"bbox": [1, 1, 3, 4], "category_id": 99}, "category_id 99"),
+    ({"bbox": [1, 1, 3, 4], "category_id": 7, "segmentation": [[1, 2, 3]]}, "polygon"),
+])
+def test_bad_annotations_name_the_file_and_annotation(tmp_path, annotation, message):
+    json_file, images = _write_coco(tmp_path, [{"id": 5, "image_id": 1, "iscrowd": 0, **annotation}])
+    with pytest.raises(DatasetError, match=message) as info:
+        load_coco_json(json_file, images)
+    assert "annotation 5" in str(info.value) and json_file in str(info.value)
+
+
+def test_missing_dataset_path_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("IFR_DATASETS", str(tmp_path))
+    with pytest.raises(DatasetError) as info:
+        get_dataset_dicts("coco_2017_val")
+    message = str(info.value)
+    assert os.path.join(str(tmp_path), "coco", "annotations", "instances_val2017.json") in message
+    assert "IFR_DATASETS" in message
+
+
+def test_corrupt_image_is_a_clear_error(tmp_path):
+    json_file, images = _write_coco(tmp_path, [])
+    open(os.path.join(images, "a.png"), "wb").write(b"not a png")
+    record = load_coco_json(json_file, images)[0]
+    with pytest.raises(DatasetError, match="cannot be decoded"):
+        DatasetMapper([], "BGR", is_train=False)(record)
+
+
+def test_grouped_sampler_batches_share_aspect_and_ranks_are_disjoint():
+    groups = [0, 1] * 10
+    batches = iter(GroupedInfiniteBatchSampler(groups, 3, seed=0))
+    for _ in range(10):
+        batch = next(batches)
+        assert len(batch) == 3 and len({groups[i] for i in batch}) == 1
+    ranks = [GroupedInfiniteBatchSampler([0] * 10, 5, seed=1, rank=r, world_size=2) for r in range(2)]
+    assert set(next(iter(ranks[0]))).isdisjoint(next(iter(ranks[1])))
+    assert [list(InferenceSampler(10, r, 3)) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

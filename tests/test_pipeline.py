@@ -1,0 +1,148 @@
+"""End to end: the experiment folders' models trained for a few iterations on the built-in data,
+evaluated with the COCO tables; checkpoints and resume; the command-line errors users hit."""
+import json
+import os
+
+import pytest
+import torch
+
+from ifr.engine import Checkpointer, CheckpointError
+from ifr.tools import quickstart, test_net, train_net
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOLDERS = {
+    "ifr": "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x",
+    "weight_sharing": "mask_rcnn.res50.fpn.coco.multiscale.weight_sharing.1x",
+}
+MAX_ITER = 12
+# Seconds-sized version of the quickstart: tiny images, channels and RoI batches.
+TINY = ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64",
+        "INPUT.AUG.TRAIN_PIPELINES", "[('ResizeShortestEdge', {'short_edge_length': (64,), 'max_size': 128, "
+                                     "'sample_style': 'choice'}), ('RandomFlip', {})]",
+        "INPUT.AUG.TEST_PIPELINES", "[('ResizeShortestEdge', {'short_edge_length': 64, 'max_size': 128, "
+                                    "'sample_style': 'choice'})]",
+        "DATASETS.TEST", "('synthetic_shapes_val_first10',)", "DATALOADER.NUM_WORKERS", "0",
+        "TRAINER.WINDOW_SIZE", "1", "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "2", "SOLVER.OPTIMIZER.BASE_LR", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def val_subset(datasets_root):
+    from ifr.data import get_dataset_dicts, get_metadata, register_dataset, registered_datasets
+
+    if "synthetic_shapes_val_first10" not in registered_datasets():
+        register_dataset("synthetic_shapes_val_first10", lambda: get_dataset_dicts("synthetic_shapes_val")[:10],
+                         lambda: get_metadata("synthetic_shapes_val"))
+    return "synthetic_shapes_val_first10"
+
+
+def _train(folder, output_root, monkeypatch, extra=()):
+    monkeypatch.setenv("IFR_OUTPUT_ROOT", str(output_root))
+    quickstart.main(["--experiment", os.path.join(ROOT, folder), "--max-iter", str(MAX_ITER), "--no-progress",
+                     *TINY, *extra])
+    out = os.path.join(str(output_root), "quickstart")
+    with open(os.path.join(out, "metrics.json")) as f:
+        return out, [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("head", ["conv", "weight_sharing", "ifr"])
+def test_each_mask_head_trains_and_evaluates(head, tmp_path, monkeypatch, val_subset):
+    folder = os.path.join(ROOT, FOLDERS.get(head, FOLDERS["ifr"]))
+    if head == "conv":  # the baseline head, as an ablation folder would pick it in its net.py
+        folder = tmp_path / "mask_rcnn.conv"
+        folder.mkdir()
+        (folder / "config.py").write_text(open(os.path.join(ROOT, FOLDERS["ifr"], "config.py")).read())
+        (folder / "net.py").write_text("from ifr.modeling import build_generalized_rcnn\n\n"
+                                       "def build_model(cfg):\n    return build_generalized_rcnn(cfg, mask_head='conv')\n")
+    out, metrics = _train(str(folder), tmp_path / "out", monkeypatch)
+
+    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
+    assert len(losses) == MAX_ITER and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    # checkpoints and the final evaluation's files
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+    assert os.path.isfile(os.path.join(out, f"model_{MAX_ITER // 4:07d}.pth"))
+    results = json.load(open(os.path.join(out, "inference", "coco_eval_results.json")))
+    assert set(results) == {"bbox", "segm"} and set(results["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert os.path.isfile(os.path.join(out, "inference", "coco_instances_results.json"))
+    assert os.path.isfile(os.path.join(out, "config.json"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    text = open(os.path.join(out, "log.txt")).read()
+    assert "Evaluation results for segm" in text and "AP50" in text and "Per-category segm AP" in text
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in text and "copypaste: Task: segm" in text
+
+    solver_logged = [m["iteration"] for m in metrics if any(k.startswith("deq/") for k in m)]
+    if head == "ifr":  # unrolled before PRETRAINED_STEPS (= 80% of the run), implicit from then on
+        switch = int(MAX_ITER * 0.8)
+        assert solver_logged == list(range(switch, MAX_ITER))
+        last = metrics[-1]
+        assert 1 <= last["deq/mask_head.refinement/forward_iterations"] <= 15
+        assert "deq/mask_head.refinement/backward_rel_residual" in last
+    else:
+        assert solver_logged == []
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch, val_subset):
+    out, metrics = _train(FOLDERS["weight_sharing"], tmp_path, monkeypatch, ["DATASETS.TEST", "()"])
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert final["iteration"] == MAX_ITER - 1 and "optimizer" in final and "scheduler" in final
+    os.remove(os.path.join(out, "model_final.pth"))
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write(f"model_{MAX_ITER // 2:07d}.pth")
+    monkeypatch.setenv("IFR_OUTPUT_ROOT", str(tmp_path))
+    quickstart.main(["--experiment", os.path.join(ROOT, FOLDERS["weight_sharing"]), "--max-iter", str(MAX_ITER),
+                     "--resume", "--no-progress", *TINY, "DATASETS.TEST", "()"])
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+    resumed_iterations = [m["iteration"] for m in lines[len(metrics):]]
+    assert resumed_iterations == list(range(MAX_ITER // 2, MAX_ITER))
+    # the learning rate continues the schedule (restored scheduler), not a fresh warm-up
+    assert lines[len(metrics)]["lr"] == pytest.approx(metrics[MAX_ITER // 2]["lr"])
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Checkpointer(model, str(tmp_path)).load(str(tmp_path / "nope.pth"))
+    torch.save({"model": {"other.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="shares no parameter names"):
+        Checkpointer(model, str(tmp_path)).load(str(tmp_path / "other.pth"))
+    (tmp_path / "garbage.pth").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        Checkpointer(model, str(tmp_path)).load(str(tmp_path / "garbage.pth"))
+    with pytest.raises(CheckpointError, match="never downloaded"):
+        Checkpointer(model, str(tmp_path)).load("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+
+
+def _cli(main, folder, args, monkeypatch, capsys):
+    monkeypatch.chdir(os.path.join(ROOT, folder))
+    monkeypatch.setenv("IFR_OUTPUT_ROOT", os.environ.get("IFR_OUTPUT_ROOT_TEST", "/tmp/ifr-test-output"))
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_cli_rejects_unknown_key_and_wrong_type(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("IFR_OUTPUT_ROOT_TEST", str(tmp_path))
+    code, err = _cli(train_net.main, FOLDERS["ifr"], ["MODEL.ROI_MASK_HEAD.F_THRESH", "30"], monkeypatch, capsys)
+    assert code == 2 and "MODEL.ROI_MASK_HEAD.F_THRESH" in err and "MODEL.ROI_MASK_HEAD.F_THRES" in err
+    assert "Traceback" not in err
+    code, err = _cli(train_net.main, FOLDERS["ifr"], ["MODEL.ROI_MASK_HEAD.F_THRES", "'many'"], monkeypatch, capsys)
+    assert code == 2 and "F_THRES" in err and "int" in err
+
+
+def test_cli_missing_dataset_is_one_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("IFR_DATASETS", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("IFR_OUTPUT_ROOT_TEST", str(tmp_path))
+    torch.save({"model": {}}, tmp_path / "ckpt.pth")
+    code, err = _cli(test_net.main, FOLDERS["ifr"], ["MODEL.WEIGHTS", str(tmp_path / "ckpt.pth"), "MODEL.DEVICE", "cpu"],
+                     monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert os.path.join(str(tmp_path / "nowhere"), "coco", "annotations", "instances_val2017.json") in err
+    assert "IFR_DATASETS" in err and err.count("\n") == 1
+
+
+def test_cli_outside_an_experiment_folder(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        train_net.main([])
+    assert info.value.code == 2 and "not an experiment folder" in capsys.readouterr().err
