@@ -85,9 +85,11 @@ def test_crop_and_resize_masks_of_a_box_covering_the_mask_is_full():
     masks = torch.zeros(2, 40, 50, dtype=torch.bool)
     masks[0, 10:30, 5:25] = True
     masks[1, :, 25:] = True
-    crops = crop_and_resize_masks(masks, torch.tensor([[5.0, 10.0, 25.0, 30.0], [0.0, 0.0, 50.0, 40.0]]), 28)
+    boxes = torch.tensor([[5.0, 10.0, 25.0, 30.0], [0.0, 0.0, 50.0, 40.0], [0.0, 0.0, 50.0, 40.0]])
+    crops = crop_and_resize_masks(masks, boxes, torch.tensor([0, 1, 0]), 28)
     assert crops[0].all()
     assert crops[1][:, :14].logical_not().all() and crops[1][:, 14:].all()
+    assert crops[2].sum() > 0 and not crops[2][:, :2].any()  # mask 0 seen through the whole image
 
 
 def test_shortest_edge_size_rounds_like_cvpods():

@@ -48,10 +48,12 @@ class PeriodicCheckpointer(HookBase):
 
 
 class EvalHook(HookBase):
-    """Runs ``evaluate()`` every ``period`` iterations (0: only after the last) and stores the APs."""
+    """Runs ``evaluate()`` every ``period`` iterations (0: none) and after the last iteration, before
+    the writers report, and stores the APs as metrics (``segm/AP``, ...)."""
 
     def __init__(self, period: int, evaluate):
         self.period, self.evaluate = period, evaluate
+        self._final_done = False
 
     def _run(self) -> None:
         results = self.evaluate()
@@ -62,11 +64,14 @@ class EvalHook(HookBase):
 
     def after_step(self) -> None:
         it = self.trainer.iter + 1
-        if self.period > 0 and it % self.period == 0 and it != self.trainer.max_iter:
+        final = it == self.trainer.max_iter
+        if final or (self.period > 0 and it % self.period == 0):
             self._run()
+            self._final_done = final
 
     def after_train(self) -> None:
-        if self.trainer.iter + 1 >= self.trainer.max_iter:
+        # A run with nothing left to train (MAX_ITER reached or 0) still gets its evaluation.
+        if not self._final_done and self.trainer.start_iter >= self.trainer.max_iter:
             self._run()
 
 

@@ -28,8 +28,7 @@ class SimpleTrainer:
         self.model, self.data_loader, self.optimizer = model, data_loader, optimizer
         self.grad_clipper = grad_clipper
         self.hooks: list[HookBase] = []
-        self.iter = 0
-        self.max_iter = 0
+        self.iter = self.start_iter = self.max_iter = 0
         self.storage = EventStorage()
 
     def register_hooks(self, hooks: list[HookBase]) -> None:
@@ -39,7 +38,7 @@ class SimpleTrainer:
 
     def train(self, start_iter: int, max_iter: int) -> None:
         logger.info("Starting training from iteration %d", start_iter)
-        self.iter, self.max_iter = start_iter, max_iter
+        self.iter, self.start_iter, self.max_iter = start_iter, start_iter, max_iter
         self.storage = EventStorage(start_iter)
         self.model.train()
         self._data_iter = iter(self.data_loader)

@@ -126,7 +126,7 @@ class COCOEvaluator:
         columns = min(6, len(per_class))
         rows = itertools.zip_longest(*[per_class[i::columns] for i in range(columns)])
         logger.info("Per-category %s AP: \n%s", task,
-                    tabulate(rows, headers=["category", "AP"] * (columns // 2), tablefmt="pipe", numalign="left"))
+                    tabulate(rows, headers=["category", "AP"] * (columns // 2), tablefmt="pipe", disable_numparse=True))
 
 
 def print_csv_format(results: dict[str, dict[str, float]]) -> None:

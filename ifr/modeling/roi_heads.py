@@ -20,12 +20,14 @@ from .mask_head import mask_rcnn_inference, mask_rcnn_loss
 from .poolers import ROIPooler
 
 
-def crop_and_resize_masks(masks: torch.Tensor, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
-    """(R, H, W) bool full-image masks and (R, 4) boxes -> (R, M, M) bool targets inside each box
-    (RoIAlign with the half-pixel correction, thresholded at 0.5, as detectron2's BitMasks do)."""
+def crop_and_resize_masks(masks: torch.Tensor, boxes: torch.Tensor, mask_index: torch.Tensor,
+                          mask_size: int) -> torch.Tensor:
+    """Mask targets: (G, H, W) bool full-image masks, (R, 4) boxes and (R,) the mask of each box ->
+    (R, M, M) bool, the mask inside each box (RoIAlign with the half-pixel correction, thresholded
+    at 0.5, as detectron2's BitMasks do). Each mask is stored once, however many boxes use it."""
     if len(boxes) == 0:
         return masks.new_zeros((0, mask_size, mask_size), dtype=torch.bool)
-    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+    rois = torch.cat([mask_index.to(boxes.dtype)[:, None], boxes], dim=1)
     crops = roi_align(masks[:, None].to(boxes.dtype), rois, mask_size, spatial_scale=1.0, sampling_ratio=0,
                       aligned=True)
     return crops[:, 0] >= 0.5
@@ -122,7 +124,7 @@ class StandardROIHeads(nn.Module):
         pooled = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
         logits = self.mask_head(pooled, iteration=iteration)
         mask_size = logits.shape[-1]
-        gt_masks = torch.cat([crop_and_resize_masks(t["masks"][s["gt_index"][fg]], b, mask_size)
+        gt_masks = torch.cat([crop_and_resize_masks(t["masks"], b, s["gt_index"][fg], mask_size)
                               for t, s, fg, b in zip(targets, sampled, foreground, boxes)])
         gt_classes = torch.cat([s["gt_classes"][fg] for s, fg in zip(sampled, foreground)])
         return {"loss_mask": mask_rcnn_loss(logits, gt_classes, gt_masks)}
