@@ -2,6 +2,7 @@
 evaluated with the COCO tables; checkpoints and resume; the command-line errors users hit."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -113,29 +114,32 @@ def test_checkpoint_errors_are_clear(tmp_path):
         Checkpointer(model, str(tmp_path)).load("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
 
 
-def _cli(main, folder, args, monkeypatch, capsys):
-    monkeypatch.chdir(os.path.join(ROOT, folder))
-    monkeypatch.setenv("IFR_OUTPUT_ROOT", os.environ.get("IFR_OUTPUT_ROOT_TEST", "/tmp/ifr-test-output"))
+def _cli(main, folder, args, tmp_path, monkeypatch, capsys):
+    """Runs a console entry point inside a copy of an experiment folder (the run links `log` there)."""
+    copy = tmp_path / folder
+    shutil.copytree(os.path.join(ROOT, folder), copy)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("IFR_OUTPUT_ROOT", raising=False)
     with pytest.raises(SystemExit) as info:
         main(args)
     return info.value.code, capsys.readouterr().err
 
 
 def test_cli_rejects_unknown_key_and_wrong_type(monkeypatch, capsys, tmp_path):
-    monkeypatch.setenv("IFR_OUTPUT_ROOT_TEST", str(tmp_path))
-    code, err = _cli(train_net.main, FOLDERS["ifr"], ["MODEL.ROI_MASK_HEAD.F_THRESH", "30"], monkeypatch, capsys)
+    code, err = _cli(train_net.main, FOLDERS["ifr"], ["MODEL.ROI_MASK_HEAD.F_THRESH", "30"], tmp_path / "a",
+                     monkeypatch, capsys)
     assert code == 2 and "MODEL.ROI_MASK_HEAD.F_THRESH" in err and "MODEL.ROI_MASK_HEAD.F_THRES" in err
     assert "Traceback" not in err
-    code, err = _cli(train_net.main, FOLDERS["ifr"], ["MODEL.ROI_MASK_HEAD.F_THRES", "'many'"], monkeypatch, capsys)
+    code, err = _cli(train_net.main, FOLDERS["ifr"], ["MODEL.ROI_MASK_HEAD.F_THRES", "'many'"], tmp_path / "b",
+                     monkeypatch, capsys)
     assert code == 2 and "F_THRES" in err and "int" in err
 
 
 def test_cli_missing_dataset_is_one_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("IFR_DATASETS", str(tmp_path / "nowhere"))
-    monkeypatch.setenv("IFR_OUTPUT_ROOT_TEST", str(tmp_path))
     torch.save({"model": {}}, tmp_path / "ckpt.pth")
     code, err = _cli(test_net.main, FOLDERS["ifr"], ["MODEL.WEIGHTS", str(tmp_path / "ckpt.pth"), "MODEL.DEVICE", "cpu"],
-                     monkeypatch, capsys)
+                     tmp_path, monkeypatch, capsys)
     assert code == 2 and "Traceback" not in err
     assert os.path.join(str(tmp_path / "nowhere"), "coco", "annotations", "instances_val2017.json") in err
     assert "IFR_DATASETS" in err and err.count("\n") == 1
