@@ -121,3 +121,17 @@ def test_parameter_groups_no_weight_decay_on_norms_and_skip_frozen():
     assert id(model[2].weight) not in by_param and len(groups) == 5
     assert by_param[id(model[1].weight)]["weight_decay"] == 0.0 and by_param[id(model[1].bias)]["weight_decay"] == 0.0
     assert by_param[id(model[0].weight)]["weight_decay"] == 1e-4 and by_param[id(model[0].bias)]["lr"] == 0.2
+
+
+def test_bad_model_config_values_are_config_errors():
+    from ifr.config import ConfigError
+    from ifr.modeling.backbone import ResNetFPN
+
+    with pytest.raises(ConfigError, match="DEPTH must be one of"):
+        ResNetFPN(depth=7)
+    with pytest.raises(ConfigError, match="NORM must be one of"):
+        ResNetFPN(depth=18, norm="LN")
+    with pytest.raises(ConfigError, match="POOLER_TYPE"):
+        ROIPooler(7, [4, 8], pooler_type="ROIPool")
+    with pytest.raises(ConfigError, match="STEPS must be increasing"):
+        WarmupMultiStepLR(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), [80, 60])

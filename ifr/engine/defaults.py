@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ifr.config import ConfigError
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
@@ -87,7 +88,7 @@ def scale_to_world_size(cfg, world_size: int) -> None:
     solver = cfg.SOLVER
     reference = solver.IMS_PER_BATCH // solver.IMS_PER_DEVICE
     if reference < 1 or solver.IMS_PER_BATCH % solver.IMS_PER_DEVICE:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH ({solver.IMS_PER_BATCH}) must be a multiple of SOLVER.IMS_PER_DEVICE "
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({solver.IMS_PER_BATCH}) must be a multiple of SOLVER.IMS_PER_DEVICE "
                          f"({solver.IMS_PER_DEVICE})")
     if world_size == reference:
         return

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ifr.config import ConfigError
+
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
     """(len(sizes) * len(aspect_ratios), 4) XYXY anchors centred on 0, size-major, ratio-minor.
@@ -56,10 +58,10 @@ class DefaultAnchorGenerator(nn.Module):
         sizes = list(sizes) * num_levels if len(sizes) == 1 else list(sizes)
         aspect_ratios = list(aspect_ratios) * num_levels if len(aspect_ratios) == 1 else list(aspect_ratios)
         if len(sizes) != num_levels or len(aspect_ratios) != num_levels:
-            raise ValueError(f"ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS need 1 or {num_levels} entries "
+            raise ConfigError(f"ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS need 1 or {num_levels} entries "
                              f"(one per feature level), got {len(sizes)} / {len(aspect_ratios)}")
         if not 0.0 <= offset < 1.0:
-            raise ValueError(f"ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}")
+            raise ConfigError(f"ANCHOR_GENERATOR.OFFSET must be in [0, 1), got {offset}")
         self.strides = list(strides)
         self.offset = offset
         self.cell_anchors = _BufferList([cell_anchors(s, a) for s, a in zip(sizes, aspect_ratios)])

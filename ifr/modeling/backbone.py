@@ -16,6 +16,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ifr.config import ConfigError
+
 RESNET_BUILDERS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
 
 NORM_LAYERS = {
@@ -53,12 +55,12 @@ class ResNetFPN(nn.Module):
                  freeze_at: int = 2, in_features: tuple[str, ...] = _STAGES, out_channels: int = 256):
         super().__init__()
         if depth not in RESNET_BUILDERS:
-            raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(RESNET_BUILDERS)}, got {depth}")
+            raise ConfigError(f"MODEL.RESNETS.DEPTH must be one of {sorted(RESNET_BUILDERS)}, got {depth}")
         if norm not in NORM_LAYERS:
-            raise ValueError(f"MODEL.RESNETS.NORM must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
+            raise ConfigError(f"MODEL.RESNETS.NORM must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
         unknown = set(in_features) - set(_STAGES)
         if unknown:
-            raise ValueError(f"MODEL.FPN.IN_FEATURES may only name {_STAGES}, got {sorted(unknown)}")
+            raise ConfigError(f"MODEL.FPN.IN_FEATURES may only name {_STAGES}, got {sorted(unknown)}")
         net = RESNET_BUILDERS[depth](weights=None, norm_layer=NORM_LAYERS[norm])
         if stride_in_1x1:
             _move_stride_to_1x1(net)

@@ -11,6 +11,8 @@ from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from ifr.config import ConfigError
+
 from .rpn import SCALE_CLAMP
 
 
@@ -103,7 +105,7 @@ class FastRCNNOutputLayers(nn.Module):
 def build_box_head(cfg, in_channels: int) -> FastRCNNFCHead:
     head = cfg.MODEL.ROI_BOX_HEAD
     if head.NUM_CONV:
-        raise ValueError("MODEL.ROI_BOX_HEAD.NUM_CONV > 0 (conv box heads) is not supported; use 0")
+        raise ConfigError("MODEL.ROI_BOX_HEAD.NUM_CONV > 0 (conv box heads) is not supported; use 0")
     return FastRCNNFCHead(in_channels * head.POOLER_RESOLUTION ** 2, head.NUM_FC, head.FC_DIM)
 
 

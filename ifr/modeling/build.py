@@ -5,6 +5,8 @@ from typing import Callable
 
 from torch import nn
 
+from ifr.config import ConfigError
+
 from .backbone import build_resnet_fpn_backbone
 from .mask_head import MASK_HEADS
 from .meta_arch import GeneralizedRCNN
@@ -25,7 +27,7 @@ def build_generalized_rcnn(cfg, *, mask_head: str | Callable | None = "conv",
     if cfg.MODEL.MASK_ON and mask_head is not None:
         if isinstance(mask_head, str):
             if mask_head not in MASK_HEADS:
-                raise ValueError(f"unknown mask head {mask_head!r}; choose one of {sorted(MASK_HEADS)}")
+                raise ConfigError(f"unknown mask head {mask_head!r}; choose one of {sorted(MASK_HEADS)}")
             mask_head = MASK_HEADS[mask_head]
         head_module = mask_head(cfg, backbone.out_channels)
     return GeneralizedRCNN(

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from ifr.config import ConfigError
+
 # Canonical box size and level of the FPN paper's level-assignment rule (eq. 1).
 CANONICAL_BOX_SIZE = 224
 CANONICAL_LEVEL = 4
@@ -34,10 +36,10 @@ class ROIPooler(nn.Module):
                  pooler_type: str = "ROIAlignV2"):
         super().__init__()
         if pooler_type not in POOLER_ALIGNED:
-            raise ValueError(f"POOLER_TYPE must be one of {sorted(POOLER_ALIGNED)}, got {pooler_type!r}")
+            raise ConfigError(f"POOLER_TYPE must be one of {sorted(POOLER_ALIGNED)}, got {pooler_type!r}")
         levels = [math.log2(s) for s in strides]
         if any(level != int(level) for level in levels) or levels != list(range(int(levels[0]), int(levels[-1]) + 1)):
-            raise ValueError(f"pooler strides must be consecutive powers of two, got {list(strides)}")
+            raise ConfigError(f"pooler strides must be consecutive powers of two, got {list(strides)}")
         self.output_size = output_size
         self.scales = [1.0 / s for s in strides]
         self.min_level, self.max_level = int(levels[0]), int(levels[-1])

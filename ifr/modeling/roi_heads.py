@@ -15,6 +15,8 @@ from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
 from torchvision.ops import box_iou, roi_align
 
+from ifr.config import ConfigError
+
 from .box_head import FastRCNNFCHead, FastRCNNOutputLayers, build_box_head, build_box_predictor
 from .mask_head import mask_rcnn_inference, mask_rcnn_loss
 from .poolers import ROIPooler
@@ -152,7 +154,7 @@ def build_standard_roi_heads(cfg, in_channels: int, strides: dict[str, int], mas
                            mask_pooler=ROIPooler(mask.POOLER_RESOLUTION, [strides[f] for f in heads.IN_FEATURES],
                                                  mask.POOLER_SAMPLING_RATIO, mask.POOLER_TYPE))
     if len(heads.IOU_THRESHOLDS) != 1:
-        raise ValueError("MODEL.ROI_HEADS.IOU_THRESHOLDS must hold one threshold for StandardROIHeads")
+        raise ConfigError("MODEL.ROI_HEADS.IOU_THRESHOLDS must hold one threshold for StandardROIHeads")
     return StandardROIHeads(num_classes=heads.NUM_CLASSES, box_in_features=heads.IN_FEATURES,
                             box_pooler=box_pooler, box_head=box_head,
                             box_predictor=build_box_predictor(cfg, box_head.output_size),

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
+from ifr.config import ConfigError
 from ifr.errors import TrainingDivergedError
 
 from .anchor_generator import DefaultAnchorGenerator
@@ -172,7 +173,7 @@ def build_rpn(cfg, in_channels: int, strides: dict[str, int]) -> RPN:
                                        [strides[name] for name in rpn.IN_FEATURES], anchors.OFFSET)
     counts = set(generator.num_anchors_per_location)
     if len(counts) != 1:
-        raise ValueError("every RPN level must have the same number of anchors per location (one shared head)")
+        raise ConfigError("every RPN level must have the same number of anchors per location (one shared head)")
     return RPN(rpn.IN_FEATURES, StandardRPNHead(in_channels, counts.pop()), generator,
                iou_thresholds=tuple(rpn.IOU_THRESHOLDS), batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
                positive_fraction=rpn.POSITIVE_FRACTION, bbox_reg_weights=rpn.BBOX_REG_WEIGHTS,

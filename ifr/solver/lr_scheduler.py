@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from ifr.config import ConfigError
+
 
 def warmup_multistep_factor(iteration: int, milestones: Sequence[int], gamma: float, warmup_factor: float,
                             warmup_iters: int, warmup_method: str = "linear") -> float:
@@ -20,7 +22,7 @@ def warmup_multistep_factor(iteration: int, milestones: Sequence[int], gamma: fl
         elif warmup_method == "constant":
             warmup = warmup_factor
         else:
-            raise ValueError(f"unknown warm-up method {warmup_method!r} (use 'linear' or 'constant')")
+            raise ConfigError(f"unknown warm-up method {warmup_method!r} (use 'linear' or 'constant')")
     return warmup * gamma ** bisect_right(list(milestones), iteration)
 
 
@@ -29,7 +31,7 @@ class WarmupMultiStepLR(LRScheduler):
                  warmup_factor: float = 0.001, warmup_iters: int = 1000, warmup_method: str = "linear",
                  last_epoch: int = -1):
         if list(milestones) != sorted(milestones):
-            raise ValueError(f"SOLVER.LR_SCHEDULER.STEPS must be increasing, got {list(milestones)}")
+            raise ConfigError(f"SOLVER.LR_SCHEDULER.STEPS must be increasing, got {list(milestones)}")
         self.milestones = list(milestones)
         self.gamma, self.warmup_factor = gamma, warmup_factor
         self.warmup_iters, self.warmup_method = warmup_iters, warmup_method
