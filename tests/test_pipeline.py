@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = {
     "ifr": "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x",
     "weight_sharing": "mask_rcnn.res50.fpn.coco.multiscale.weight_sharing.1x",
+    "cascade": "cascade_rcnn.ifr.res50.fpn.coco.800size.1x",
 }
 MAX_ITER = 12
 # Seconds-sized version of the quickstart: tiny images, channels and RoI batches.
@@ -46,7 +47,7 @@ def _train(folder, output_root, monkeypatch, extra=()):
         return out, [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("head", ["conv", "weight_sharing", "ifr"])
+@pytest.mark.parametrize("head", ["conv", "weight_sharing", "ifr", "cascade"])
 def test_each_mask_head_trains_and_evaluates(head, tmp_path, monkeypatch, val_subset):
     folder = os.path.join(ROOT, FOLDERS.get(head, FOLDERS["ifr"]))
     if head == "conv":  # the baseline head, as an ablation folder would pick it in its net.py
@@ -58,6 +59,12 @@ def test_each_mask_head_trains_and_evaluates(head, tmp_path, monkeypatch, val_su
     out, metrics = _train(str(folder), tmp_path / "out", monkeypatch)
 
     losses = [m["total_loss"] for m in metrics if "total_loss" in m]
+    stage_losses = {k for k in metrics[-1] if "_stage" in k}
+    if head == "cascade":
+        assert stage_losses == {f"loss_{n}_stage{k}" for n in ("cls", "box_reg") for k in range(3)}
+        assert all(torch.isfinite(torch.tensor([m[k] for m in metrics for k in stage_losses])))
+    else:
+        assert not stage_losses
     assert len(losses) == MAX_ITER and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     # checkpoints and the final evaluation's files
@@ -73,7 +80,7 @@ def test_each_mask_head_trains_and_evaluates(head, tmp_path, monkeypatch, val_su
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in text and "copypaste: Task: segm" in text
 
     solver_logged = [m["iteration"] for m in metrics if any(k.startswith("deq/") for k in m)]
-    if head == "ifr":  # unrolled before PRETRAINED_STEPS (= 80% of the run), implicit from then on
+    if head in ("ifr", "cascade"):  # unrolled before PRETRAINED_STEPS (= 80% of the run), implicit from then on
         switch = int(MAX_ITER * 0.8)
         assert solver_logged == list(range(switch, MAX_ITER))
         last = metrics[-1]

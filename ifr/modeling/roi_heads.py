@@ -94,7 +94,7 @@ class StandardROIHeads(nn.Module):
             if targets is None:
                 raise ValueError("ROI heads need targets in training mode")
             sampled = self.label_and_sample_proposals(proposals, targets)
-            losses = self.box_losses(features, sampled)
+            losses = self.box_losses(features, sampled, targets, image_sizes)
             if self.mask_on:
                 losses.update(self.mask_losses(features, sampled, targets, iteration))
             return [], losses
@@ -106,7 +106,8 @@ class StandardROIHeads(nn.Module):
     def box_features(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
         return self.box_head(self.box_pooler([features[f] for f in self.box_in_features], boxes))
 
-    def box_losses(self, features, sampled: list[dict]) -> dict[str, torch.Tensor]:
+    def box_losses(self, features, sampled: list[dict], targets: list[dict],
+                   image_sizes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         logits, deltas = self.box_predictor(self.box_features(features, [s["proposal_boxes"] for s in sampled]))
         return self.box_predictor.losses(logits, deltas, *(torch.cat([s[k] for s in sampled]) for k in
                                                            ("proposal_boxes", "gt_classes", "gt_boxes")))
@@ -141,23 +142,28 @@ class StandardROIHeads(nn.Module):
                 x.new_zeros((0, 1, size, size))
 
 
-def build_standard_roi_heads(cfg, in_channels: int, strides: dict[str, int], mask_head: nn.Module | None):
+def roi_heads_arguments(cfg, in_channels: int, strides: dict[str, int], mask_head: nn.Module | None) -> dict:
+    """Constructor arguments every ROI-heads variant shares: classes, sampling, poolers, the mask branch."""
     heads = cfg.MODEL.ROI_HEADS
     box = cfg.MODEL.ROI_BOX_HEAD
-    box_pooler = ROIPooler(box.POOLER_RESOLUTION, [strides[f] for f in heads.IN_FEATURES],
-                           box.POOLER_SAMPLING_RATIO, box.POOLER_TYPE)
-    box_head = build_box_head(cfg, in_channels)
-    mask_kwargs = {}
+    level_strides = [strides[f] for f in heads.IN_FEATURES]
+    arguments = dict(num_classes=heads.NUM_CLASSES, box_in_features=heads.IN_FEATURES,
+                     box_pooler=ROIPooler(box.POOLER_RESOLUTION, level_strides, box.POOLER_SAMPLING_RATIO,
+                                          box.POOLER_TYPE),
+                     batch_size_per_image=heads.BATCH_SIZE_PER_IMAGE, positive_fraction=heads.POSITIVE_FRACTION,
+                     proposal_append_gt=heads.PROPOSAL_APPEND_GT)
     if mask_head is not None:
         mask = cfg.MODEL.ROI_MASK_HEAD
-        mask_kwargs = dict(mask_in_features=heads.IN_FEATURES, mask_head=mask_head,
-                           mask_pooler=ROIPooler(mask.POOLER_RESOLUTION, [strides[f] for f in heads.IN_FEATURES],
-                                                 mask.POOLER_SAMPLING_RATIO, mask.POOLER_TYPE))
-    if len(heads.IOU_THRESHOLDS) != 1:
+        arguments.update(mask_in_features=heads.IN_FEATURES, mask_head=mask_head,
+                         mask_pooler=ROIPooler(mask.POOLER_RESOLUTION, level_strides, mask.POOLER_SAMPLING_RATIO,
+                                               mask.POOLER_TYPE))
+    return arguments
+
+
+def build_standard_roi_heads(cfg, in_channels: int, strides: dict[str, int], mask_head: nn.Module | None):
+    if len(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS) != 1:
         raise ConfigError("MODEL.ROI_HEADS.IOU_THRESHOLDS must hold one threshold for StandardROIHeads")
-    return StandardROIHeads(num_classes=heads.NUM_CLASSES, box_in_features=heads.IN_FEATURES,
-                            box_pooler=box_pooler, box_head=box_head,
-                            box_predictor=build_box_predictor(cfg, box_head.output_size),
-                            iou_threshold=heads.IOU_THRESHOLDS[0], batch_size_per_image=heads.BATCH_SIZE_PER_IMAGE,
-                            positive_fraction=heads.POSITIVE_FRACTION, proposal_append_gt=heads.PROPOSAL_APPEND_GT,
-                            **mask_kwargs)
+    box_head = build_box_head(cfg, in_channels)
+    return StandardROIHeads(box_head=box_head, box_predictor=build_box_predictor(cfg, box_head.output_size),
+                            iou_threshold=cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+                            **roi_heads_arguments(cfg, in_channels, strides, mask_head))
