@@ -64,6 +64,7 @@ class ResNetFPN(nn.Module):
         net = RESNET_BUILDERS[depth](weights=None, norm_layer=NORM_LAYERS[norm])
         if stride_in_1x1:
             _move_stride_to_1x1(net)
+        self.stride_in_1x1 = stride_in_1x1
         _freeze(net, freeze_at)
         stage_of = dict(zip(_TORCHVISION_STAGES, _STAGES))
         self.in_features = tuple(sorted(in_features))

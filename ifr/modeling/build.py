@@ -42,4 +42,5 @@ def build_generalized_rcnn(cfg, *, mask_head: str | Callable | None = "conv",
     return GeneralizedRCNN(
         backbone, build_rpn(cfg, backbone.out_channels, strides),
         _lookup("ROI heads", ROI_HEADS, roi_heads)(cfg, backbone.out_channels, strides, head_module),
-        pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD, size_divisibility=32)
+        pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT,
+        size_divisibility=32)

@@ -64,26 +64,27 @@ class CascadeROIHeads(StandardROIHeads):
         losses = {}
         stage_rois = sampled
         for stage in range(self.num_stages):
-            if stage > 0:
-                boxes = self.refine(stage - 1, deltas, [r["proposal_boxes"] for r in stage_rois], image_sizes)
-                # Training drops boxes the previous stage collapsed to nothing, as the reference does.
-                boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in boxes]
-                stage_rois = [self.match_proposals(b, t, self.stage_matchers[stage]) for b, t in zip(boxes, targets)]
             logits, deltas = self.stage_outputs(stage, features, [r["proposal_boxes"] for r in stage_rois])
             stage_losses = self.box_predictor[stage].losses(
                 logits, deltas, *(torch.cat([r[k] for r in stage_rois]) for k in
                                   ("proposal_boxes", "gt_classes", "gt_boxes")))
             losses.update({f"{name}_stage{stage}": value for name, value in stage_losses.items()})
+            if stage + 1 < self.num_stages:
+                boxes = self.refine(stage, deltas, [r["proposal_boxes"] for r in stage_rois], image_sizes)
+                # Training drops boxes this stage collapsed to nothing, as the reference does.
+                boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in boxes]
+                stage_rois = [self.match_proposals(b, t, self.stage_matchers[stage + 1])
+                              for b, t in zip(boxes, targets)]
         return losses
 
     def box_inference(self, features, proposal_boxes: list[torch.Tensor], image_sizes) -> list[dict]:
         boxes = proposal_boxes
         probs = []
         for stage in range(self.num_stages):
-            if stage > 0:
-                boxes = self.refine(stage - 1, deltas, boxes, image_sizes)
             logits, deltas = self.stage_outputs(stage, features, boxes)
             probs.append(self.box_predictor[stage].predict_probs(logits))
+            if stage + 1 < self.num_stages:
+                boxes = self.refine(stage, deltas, boxes, image_sizes)
         last = self.box_predictor[-1]
         final_boxes = last.predict_boxes(deltas, torch.cat(boxes))
         mean_probs = sum(probs) * (1.0 / self.num_stages)

@@ -18,8 +18,11 @@ from .postprocessing import detector_postprocess
 
 class GeneralizedRCNN(nn.Module):
     def __init__(self, backbone: nn.Module, proposal_generator: nn.Module, roi_heads: nn.Module, *,
-                 pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32):
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float], input_format: str = "BGR",
+                 size_divisibility: int = 32):
         super().__init__()
+        # The channel order images arrive in (the mapper produces it); weights are tied to one.
+        self.input_format = input_format
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads

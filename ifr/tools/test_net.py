@@ -50,7 +50,7 @@ def run(args) -> None:
     check_datasets(config.DATASETS.TEST)
     for path in checkpoints_to_evaluate(config, args):
         model = build_model(config).to(config.MODEL.DEVICE)
-        Checkpointer(model, config.OUTPUT_DIR).resume_or_load(path, resume=args.resume)
+        Checkpointer(model, config.OUTPUT_DIR).resume_or_load(path, resume=args.resume, strict=True)
         evaluate(config, model)
 
 
