@@ -30,6 +30,10 @@ MODEL_ZOO_PREFIX = "detectron2://"
 MODEL_ZOO_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
+# Marks files written by ``export_cvpods_checkpoint`` (cvpods ignores entries other than "model").
+EXPORT_AUTHOR = "ifr"
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
@@ -122,6 +126,8 @@ class LoadReport:
 
 
 def _convention_for(source_format: str, author: str | None) -> InputConvention | None:
+    if author == EXPORT_AUTHOR:  # exported by this project: its config, not the file, knows the convention
+        return None
     if author == "torchvision":  # detectron2's conversion of torchvision's ImageNet ResNets
         return TORCHVISION
     return CONVENTION_OF_FORMAT.get(source_format)
@@ -172,3 +178,17 @@ def load_checkpoint_into_model(model: nn.Module, checkpoint: dict, source: str, 
     report.missing = sorted(set(own) - set(matched))
     report.log()
     return report
+
+
+def export_cvpods_checkpoint(source: str, destination: str) -> int:
+    """Writes the weights of checkpoint ``source`` (any supported naming) to ``destination`` in cvpods
+    naming, as ``{"model": state_dict, "__author__": "ifr"}``, so the original code can load it.
+    Returns the number of tensors written."""
+    data = read_checkpoint(source)
+    state = data["model"]
+    state, _ = naming.convert_to_ifr(state, naming.detect_format(state))
+    exported = naming.ifr_to_cvpods(state)
+    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+    torch.save({"model": exported, "__author__": EXPORT_AUTHOR}, destination + ".tmp")
+    os.replace(destination + ".tmp", destination)
+    return len(exported)
