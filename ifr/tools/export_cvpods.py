@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ifr.checkpoint import export_cvpods_checkpoint
-from ifr.engine import setup_logger
+from ifr.engine.defaults import setup_logger
 
 from .experiment import run_reporting_user_errors
 
