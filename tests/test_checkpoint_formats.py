@@ -101,6 +101,11 @@ def released_checkpoint(kind: str) -> dict:
         state[f"proposal_generator.anchor_generator.cell_anchors.{i}"] = cvpods_cell_anchors(i)
     for key in [k for k in state if k.endswith("running_var")]:
         state[key] = state[key].abs() + 0.5
+    # The DEQ wrapper's entries are the same tensors as the blocks (state_dict does not dedupe).
+    head = "roi_heads.mask_head."
+    for key in [k for k in state if k.startswith(head + "deq.")]:
+        block = "repeat_block_copy." if key.startswith(head + "deq.func_copy.") else "repeat_block."
+        state[key] = state[head + block + key.split(".", 4)[4]]
     return {"model": state, "iteration": 89999}
 
 
