@@ -1,7 +1,8 @@
 """Fixed-point solvers sharing one interface.
 
 ``solve(f, z0, *, max_iter, tol, stop_mode, **options) -> (z, SolverStats)``: ``f`` maps a (B, ...)
-tensor to one of the same shape, sample by sample; the result is each sample's lowest-residual iterate.
+tensor to one of the same shape, sample by sample; the result is each sample's lowest-residual iterate
+(except ``broyden_cvpods``, which reproduces the original's batch-global stop test and choice).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from .anderson import anderson_solve
 from .broyden import broyden_solve
+from .cvpods_broyden import cvpods_broyden_solve
 from .fixed_point import fixed_point_solve
 from .progress import STOP_MODES, check_solver_arguments
 from .stats import SolverStats
@@ -20,6 +22,8 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
     "broyden": broyden_solve,
     "anderson": anderson_solve,
     "fixed_point": fixed_point_solve,
+    # The original code's solver, defects included, for parity with the released models.
+    "broyden_cvpods": cvpods_broyden_solve,
 }
 
 
@@ -54,4 +58,4 @@ class SolverConfig:
 
 
 __all__ = ["SOLVERS", "STOP_MODES", "SolverConfig", "SolverStats", "anderson_solve", "broyden_solve",
-           "fixed_point_solve", "get_solver"]
+           "cvpods_broyden_solve", "fixed_point_solve", "get_solver"]
