@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ifr.config import RCNNFPNConfig
+from ifr.config import ConfigError, RCNNFPNConfig
 from ifr.modeling.mask_head import MASK_HEADS, mask_rcnn_inference, mask_rcnn_loss
 
 
@@ -10,7 +10,8 @@ def _cfg(channels=16, num_classes=3, pretrained_steps=5, f_thres=15):
     cfg = RCNNFPNConfig()
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = channels
-    cfg.MODEL.ROI_MASK_HEAD.merge(dict(PRETRAINED_STEPS=pretrained_steps, F_THRES=f_thres, B_THRES=f_thres))
+    cfg.MODEL.ROI_MASK_HEAD.merge(dict(PRETRAINED_STEPS=pretrained_steps, F_THRES=f_thres, B_THRES=f_thres,
+                                       F_SOLVER="broyden", F_TOL=1e-5, B_SOLVER="broyden", B_TOL=1e-6))
     return cfg
 
 
@@ -100,3 +101,16 @@ def test_mask_loss_and_inference_select_the_class_channel():
     agnostic = torch.randn(2, 1, 4, 4)
     assert torch.allclose(mask_rcnn_loss(agnostic, classes, targets),
                           F.binary_cross_entropy_with_logits(agnostic[:, 0], targets))
+
+
+def test_ifr_head_solver_is_chosen_by_config():
+    cfg = _cfg()
+    cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.F_SOLVER", "broyden_cvpods", "MODEL.ROI_MASK_HEAD.F_TOL", "1e-4"])
+    head = MASK_HEADS["ifr"](cfg, 16).eval()
+    assert head.refinement.solver.name == "broyden_cvpods" and head.refinement.solver.tol == 1e-4
+    with torch.no_grad():
+        assert torch.isfinite(head(torch.randn(3, 16, 14, 14))).all()
+    assert head.refinement.last_stats.iterations > 0
+    cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.B_SOLVER", "newton"])
+    with pytest.raises(ConfigError, match="MODEL.ROI_MASK_HEAD: unknown fixed-point solver 'newton'.*broyden_cvpods"):
+        MASK_HEADS["ifr"](cfg, 16)

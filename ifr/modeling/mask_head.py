@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ifr.config import ConfigError
 from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, SolverConfig
 
 
@@ -113,17 +114,16 @@ def build_weight_sharing_mask_head(cfg, in_channels: int = 256) -> RefinementMas
 
 def build_ifr_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
     """The IFR head: weight-normed block, NUM_CONV unrolled steps for PRETRAINED_STEPS iterations,
-    then the fixed point solved with at most F_THRES steps (backward: B_THRES steps).
-
-    Optional keys (with defaults): F_SOLVER / B_SOLVER ("broyden"), F_TOL (1e-5) / B_TOL (1e-6),
-    relative residual tolerances. Unlike the original, which ignores B_THRES and uses F_THRES for
-    the backward solve, B_THRES is honoured.
+    then the fixed point solved by F_SOLVER with at most F_THRES steps to relative residual F_TOL
+    (backward: B_SOLVER, B_THRES, B_TOL). Unlike the original, which ignores B_THRES and uses F_THRES
+    for the backward solve, B_THRES is honoured.
     """
     head = cfg.MODEL.ROI_MASK_HEAD
-    forward_solver = SolverConfig(head.get("F_SOLVER", "broyden"), max_iter=head.F_THRES,
-                                  tol=head.get("F_TOL", 1e-5), stop_mode="rel")
-    backward_solver = SolverConfig(head.get("B_SOLVER", "broyden"), max_iter=head.B_THRES,
-                                   tol=head.get("B_TOL", 1e-6), stop_mode="rel")
+    try:
+        forward_solver = SolverConfig(head.F_SOLVER, max_iter=head.F_THRES, tol=head.F_TOL, stop_mode="rel")
+        backward_solver = SolverConfig(head.B_SOLVER, max_iter=head.B_THRES, tol=head.B_TOL, stop_mode="rel")
+    except ValueError as e:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD: {e}") from None
     refinement = EquilibriumRefinement(IFRBlock(in_channels, num_groups=4, weight_norm=True),
                                        mode="scheduled", num_unrolled=head.NUM_CONV,
                                        pretrained_steps=head.PRETRAINED_STEPS, solver=forward_solver,
