@@ -346,3 +346,21 @@ def test_export_command_turns_a_released_checkpoint_back_into_itself(tmp_path, c
     for key, value in source.items():
         if "repeat_block_copy." not in key and "func_copy." not in key:  # copies are recomputed from g, v
             assert torch.equal(exported[key], value), key
+
+
+def test_detectron2_pkl_of_a_torchvision_backbone_uses_torchvision_conventions(tmp_path):
+    # detectron2's conversion of torchvision's ResNet-50: bottom-up names without the backbone prefix
+    backbone = {k[len("backbone.bottom_up."):]: shape for k, shape in released_shapes("ifr").items()
+                if k.startswith("backbone.bottom_up.")}
+    rng = np.random.default_rng(1)
+    model_state = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in backbone.items()}
+    with open(tmp_path / "R-50-tv.pkl", "wb") as f:
+        pickle.dump({"model": model_state, "__author__": "torchvision", "matching_heuristics": True}, f)
+    with pytest.raises(CheckpointError, match="torchvision weights"):
+        Checkpointer(build("ifr"), str(tmp_path)).load(str(tmp_path / "R-50-tv.pkl"))
+    model = build("ifr", *TORCHVISION.overrides())
+    checkpointer = Checkpointer(model, str(tmp_path))
+    checkpointer.load(str(tmp_path / "R-50-tv.pkl"))
+    assert checkpointer.last_report.unexpected == [] and len(checkpointer.last_report.loaded) == 265
+    assert np.array_equal(model.state_dict()["backbone.body.layer4.1.bn2.running_mean"].numpy(),
+                          model_state["res5.1.conv2.norm.running_mean"])
