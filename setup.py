@@ -12,6 +12,7 @@ setup(
         "torch==2.14.1",
         "torchvision==0.29.1",
         "numpy",
+        "matplotlib>=3.8",
         "pillow",
         "pycocotools>=2.0.7",
         "tabulate>=0.9",
@@ -22,6 +23,7 @@ setup(
         "console_scripts": [
             "pods_train=ifr.tools.train_net:main",
             "pods_test=ifr.tools.test_net:main",
+            "pods_demo=ifr.tools.demo:main",
         ],
     },
     extras_require={"test": ["pytest>=8"]},

@@ -16,12 +16,8 @@ from ifr.engine import Checkpointer
 from ifr.tools.experiment import load_experiment
 from ifr.tools.quickstart import small_model_overrides
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLDERS = {
-    "ifr": "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x",
-    "weight_sharing": "mask_rcnn.res50.fpn.coco.multiscale.weight_sharing.1x",
-    "cascade": "cascade_rcnn.ifr.res50.fpn.coco.800size.1x",
-}
+from helpers import FOLDERS, ROOT
+
 RESNET50_STAGES = ((2, 3, 64), (3, 4, 128), (4, 6, 256), (5, 3, 512))  # (stage, blocks, bottleneck width)
 
 

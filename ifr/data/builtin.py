@@ -9,6 +9,7 @@ import os
 
 from .catalog import register_dataset
 from .coco import load_coco_json
+from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ensure_synthetic_dataset
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,6 +25,21 @@ SYNTHETIC_SPLITS = {
 }
 
 
+# The 80 COCO thing classes in contiguous-id order (sorted category id), so class names are known
+# without the annotation files (e.g. for the demo on released weights).
+COCO_THING_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+
+
 def datasets_root() -> str:
     return os.environ.get("IFR_DATASETS", os.path.join(_PROJECT_ROOT, "datasets"))
 
@@ -32,8 +48,9 @@ def _paths(folder: str, json_file: str, image_dir: str, synthetic: bool) -> dict
     base = os.path.join(datasets_root(), folder)
     if synthetic:
         ensure_synthetic_dataset(base)
+    classes = {"thing_classes": SYNTHETIC_CLASSES} if synthetic else {"thing_classes": COCO_THING_CLASSES}
     return {"json_file": os.path.join(base, json_file), "image_root": os.path.join(base, image_dir),
-            "evaluator_type": "coco", "synthetic": synthetic}
+            "evaluator_type": "coco", "synthetic": synthetic, **classes}
 
 
 def _register(name: str, spec: tuple[str, str, str], synthetic: bool) -> None:

@@ -24,6 +24,18 @@ def contiguous_category_ids(coco: COCO) -> dict[int, int]:
     return {cat_id: i for i, cat_id in enumerate(sorted(coco.getCatIds()))}
 
 
+def dataset_class_names(metadata: dict) -> list[str] | None:
+    """Class names in contiguous-id order: ``metadata["thing_classes"]``, else the categories of its
+    COCO json (sorted by id, as the contiguous ids are), else None when neither is available."""
+    if "thing_classes" in metadata:
+        return list(metadata["thing_classes"])
+    json_file = metadata.get("json_file")
+    if not json_file or not os.path.isfile(json_file):
+        return None
+    coco = load_coco_api(json_file)
+    return [coco.cats[i]["name"] for i in sorted(coco.getCatIds())]
+
+
 def check_coco_paths(json_file: str, image_root: str | None = None) -> None:
     """A DatasetError naming the missing path and how to fix it, before anything is loaded."""
     if not os.path.isfile(json_file):

@@ -1,5 +1,6 @@
 """COCO evaluation and the inference loop."""
 from .coco_evaluation import COCOEvaluator, instances_to_coco_json, print_csv_format
-from .inference import inference_on_dataset
+from .inference import InferenceTiming, inference_on_dataset, run_inference
 
-__all__ = ["COCOEvaluator", "inference_on_dataset", "instances_to_coco_json", "print_csv_format"]
+__all__ = ["COCOEvaluator", "InferenceTiming", "inference_on_dataset", "instances_to_coco_json", "print_csv_format",
+           "run_inference"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -11,11 +12,23 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 
-def inference_on_dataset(model: torch.nn.Module, loader, evaluator, show_progress: bool = True) -> dict:
-    """Evaluates ``model`` (switched to eval mode for the call) on every batch of ``loader``."""
+@dataclass(frozen=True)
+class InferenceTiming:
+    """Seconds spent over ``images`` images: in all (data loading included) and in the model alone."""
+
+    images: int
+    total_s: float
+    compute_s: float
+
+    @property
+    def compute_per_image(self) -> float:
+        return self.compute_s / max(self.images, 1)
+
+
+def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool = True) -> InferenceTiming:
+    """Feeds ``evaluator.process`` with the model's outputs (eval mode, no grad) on every batch."""
     total = len(loader)
     logger.info("Start inference on %d images", total)
-    evaluator.reset()
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -32,8 +45,15 @@ def inference_on_dataset(model: torch.nn.Module, loader, evaluator, show_progres
                 evaluator.process(inputs, outputs)
     finally:
         model.train(was_training)
-    elapsed = time.perf_counter() - start
+    timing = InferenceTiming(total, time.perf_counter() - start, compute)
     logger.info("Total inference time: %s (%.4f s / image); pure compute time: %s (%.4f s / image)",
-                datetime.timedelta(seconds=int(elapsed)), elapsed / max(total, 1),
-                datetime.timedelta(seconds=int(compute)), compute / max(total, 1))
+                datetime.timedelta(seconds=int(timing.total_s)), timing.total_s / max(total, 1),
+                datetime.timedelta(seconds=int(compute)), timing.compute_per_image)
+    return timing
+
+
+def inference_on_dataset(model: torch.nn.Module, loader, evaluator, show_progress: bool = True) -> dict:
+    """Evaluates ``model`` on every batch of ``loader``; the evaluator's results."""
+    evaluator.reset()
+    run_inference(model, loader, evaluator, show_progress)
     return evaluator.evaluate()

@@ -1,9 +1,10 @@
 """The main job on built-in data: train a small IFR Mask R-CNN on the synthetic shapes on the CPU,
 then evaluate it and print the COCO tables.
 
-    python -m ifr.tools.quickstart [--max-iter N] [--resume] [KEY VALUE ...]
+    python -m ifr.tools.quickstart [--max-iter N] [--resume] [--eval-only] [KEY VALUE ...]
 
-``--max-iter 0`` evaluates the untrained model (the baseline quoted in the README).
+``--max-iter 0`` evaluates the untrained model (the baseline quoted in the README); ``--eval-only``
+evaluates the model a previous run trained.
 
 It is the IFR experiment folder's config with ``small_model_overrides()`` on top (ResNet-18 with
 GroupNorm trained from scratch, 128-px images, 3 classes, a short schedule). ``--experiment FOLDER``
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ifr.engine import DefaultTrainer, default_setup
+from ifr.engine import Checkpointer, DefaultTrainer, default_setup, evaluate
 
 from .experiment import load_experiment, run_reporting_user_errors
 
@@ -64,6 +65,11 @@ def run(args) -> None:
     config.merge(small_model_overrides(args.max_iter))
     config.merge_from_list(args.opts)
     default_setup(config, args)
+    if args.eval_only:  # re-evaluate the trained model (e.g. to time inference on an idle machine)
+        model = build_model(config).to(config.MODEL.DEVICE)
+        Checkpointer(model, config.OUTPUT_DIR).load(os.path.join(config.OUTPUT_DIR, "model_final.pth"), strict=True)
+        evaluate(config, model, show_progress=not args.no_progress)
+        return
     trainer = DefaultTrainer(config, build_model, show_progress=not args.no_progress)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()  # evaluates on DATASETS.TEST after the last iteration
@@ -74,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-iter", type=int, default=800, help="training iterations (default 800)")
     parser.add_argument("--experiment", default=IFR_EXPERIMENT, help="experiment folder (default: the IFR one)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate the trained model_final.pth")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during evaluation")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    args.eval_only = False
     run_reporting_user_errors(run, args)
 
 

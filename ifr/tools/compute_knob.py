@@ -1,0 +1,143 @@
+"""Test-time compute knob: one IFR checkpoint evaluated with several fixed-point solve settings, as a
+table of mask AP and inference time per image, to pick the accuracy / time trade-off.
+
+    cd mask_rcnn.ifr.res50.fpn.coco.multiscale.1x
+    python -m ifr.tools.compute_knob MODEL.WEIGHTS model_final.pth [--settings broyden:8:1e-5 unrolled:4 ...]
+    python -m ifr.tools.compute_knob --quickstart       # the quickstart's trained model
+
+A setting is ``SOLVER:MAX_ITER:TOL`` (a solver of ``ifr.deq.SOLVERS``, relative tolerance) or
+``unrolled:N`` (the block applied N times from zero: the weight-sharing form, on the same weights).
+Each setting's COCO output goes to ``OUTPUT_DIR/compute_knob/<setting>``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from ifr.data import build_test_loader, check_datasets
+from ifr.deq import EquilibriumRefinement, SolverConfig
+from ifr.engine.defaults import build_evaluator
+from ifr.errors import UserError
+from ifr.evaluation import run_inference
+
+from .experiment import run_reporting_user_errors
+from .trained_model import add_model_arguments, load_trained_model, parse_tool_arguments
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS = ("broyden:2:1e-5", "broyden:4:1e-5", "broyden:8:1e-5", "broyden:15:1e-5", "broyden:30:1e-6",
+                    "anderson:15:1e-5", "fixed_point:15:1e-5", "broyden_cvpods:15:1e-5", "unrolled:4")
+
+
+@dataclass(frozen=True)
+class SolveSetting:
+    """How the refinement is computed at test time: a solver configuration, or ``unrolled`` steps."""
+
+    name: str
+    solver: SolverConfig | None = None
+    unrolled_steps: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "SolveSetting":
+        parts = text.split(":")
+        try:
+            if parts[0] == "unrolled" and len(parts) == 2:
+                return cls(text, unrolled_steps=int(parts[1]))
+            if len(parts) == 3:
+                return cls(text, solver=SolverConfig(parts[0], max_iter=int(parts[1]), tol=float(parts[2]),
+                                                     stop_mode="rel"))
+        except ValueError as e:
+            raise UserError(f"setting {text!r}: {e}") from None
+        raise UserError(f"setting {text!r}: write SOLVER:MAX_ITER:TOL (e.g. broyden:8:1e-5) or unrolled:N")
+
+    @contextlib.contextmanager
+    def applied(self, refinement: EquilibriumRefinement):
+        """The refinement computes with this setting inside the block, as before after it."""
+        saved = (refinement.mode, refinement.num_unrolled, refinement.solver)
+        if self.solver is not None:
+            refinement.mode, refinement.solver = "implicit", self.solver
+        else:
+            refinement.mode, refinement.num_unrolled = "unrolled", self.unrolled_steps
+        try:
+            yield
+        finally:
+            refinement.mode, refinement.num_unrolled, refinement.solver = saved
+
+
+def find_refinement(model) -> EquilibriumRefinement:
+    head = getattr(getattr(model, "roi_heads", None), "mask_head", None)
+    refinement = getattr(head, "refinement", None)
+    if not isinstance(refinement, EquilibriumRefinement):
+        raise UserError("the compute knob varies the fixed-point refinement of the mask head, and this "
+                        "experiment's mask head has none: run it in an IFR or weight-sharing folder")
+    return refinement
+
+
+def compute_knob(cfg, model, settings: list[SolveSetting], show_progress: bool = False) -> list[dict]:
+    """Evaluates ``model`` on DATASETS.TEST[0] once per setting; one row per setting with mask AP,
+    mean solver steps per image and model time per image."""
+    refinement = find_refinement(model)
+    dataset = cfg.DATASETS.TEST[0]
+    steps: list[int] = []
+
+    def count_steps(module, inputs, output):
+        if inputs[0].shape[0] > 0:
+            stats = module.last_stats
+            steps.append(stats.iterations if stats is not None else module.num_unrolled)
+
+    hook = refinement.register_forward_hook(count_steps)
+    rows = []
+    try:
+        for setting in settings:
+            loader = build_test_loader(cfg, dataset)
+            evaluator = build_evaluator(cfg, dataset, os.path.join(cfg.OUTPUT_DIR, "compute_knob",
+                                                                   setting.name.replace(":", "_")))
+            evaluator.reset()
+            steps.clear()
+            with setting.applied(refinement):
+                timing = run_inference(model, loader, evaluator, show_progress)
+            results = evaluator.evaluate()
+            rows.append({"setting": setting.name, "mask AP": results.get("segm", {}).get("AP", math.nan),
+                         "mask AP75": results.get("segm", {}).get("AP75", math.nan),
+                         "solver steps": sum(steps) / max(len(steps), 1),
+                         "s / image": timing.compute_per_image})
+    finally:
+        hook.remove()
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    reference = rows[0]["s / image"]
+    table = [[r["setting"], f"{r['mask AP']:.1f}", f"{r['mask AP75']:.1f}", f"{r['solver steps']:.1f}",
+              f"{r['s / image']:.3f}", f"{r['s / image'] / reference:.2f}"] for r in rows]
+    return tabulate(table, headers=["setting", "mask AP", "mask AP75", "solver steps / image", "s / image",
+                                    f"time vs {rows[0]['setting']}"], tablefmt="pipe")
+
+
+def run(args) -> None:
+    settings = [SolveSetting.parse(s) for s in args.settings]
+    config, model = load_trained_model(args)
+    if not config.DATASETS.TEST:
+        raise UserError("DATASETS.TEST is empty: name a registered dataset to evaluate on")
+    check_datasets(config.DATASETS.TEST[:1])
+    rows = compute_knob(config, model, settings, show_progress=not args.no_progress)
+    print(format_rows(rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
+                        help=f"solve settings (default: {' '.join(DEFAULT_SETTINGS)})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    run_reporting_user_errors(run, parse_tool_arguments(parser, argv, "settings"))
+
+
+if __name__ == "__main__":
+    main()

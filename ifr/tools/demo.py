@@ -1,0 +1,98 @@
+"""``pods_demo``: an experiment's predictions drawn on images (masks, boxes, class names, scores),
+written as PNGs at the images' own size. Run inside an experiment folder, like pods_test:
+
+    sh pods_demo.sh --input photo.jpg photos/ 'shots/*.png' [--output DIR]
+                    [--confidence-threshold 0.5] MODEL.WEIGHTS model_final.pth [KEY VALUE ...]
+
+``--input`` takes image files, folders (their images) and glob patterns. The PNGs go to
+``OUTPUT_DIR/demo`` unless ``--output`` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+
+from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
+
+from ifr.data import dataset_class_names, get_metadata, read_image
+from ifr.engine.predictor import DefaultPredictor
+from ifr.errors import UserError
+from ifr.visualization import draw_instances
+
+from .experiment import run_reporting_user_errors
+from .trained_model import add_model_arguments, load_trained_model, parse_tool_arguments
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files, folders (the images in them, sorted) and glob patterns -> image paths."""
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise UserError(f"--input {item}: no such file or folder, and no file matches it as a pattern")
+            files += matches
+    if not files:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in --input {' '.join(inputs)}")
+    return files
+
+
+def output_names(files: list[str]) -> list[str]:
+    """One PNG name per input: its base name, numbered where two inputs share one."""
+    names, seen = [], {}
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        names.append(f"{stem}.png" if count == 0 else f"{stem}_{count}.png")
+    return names
+
+
+def class_names(cfg) -> list[str] | None:
+    if not cfg.DATASETS.TEST:
+        return None
+    try:
+        return dataset_class_names(get_metadata(cfg.DATASETS.TEST[0]))
+    except UserError:  # the test set is not available here: label with class ids
+        return None
+
+
+def run(args) -> None:
+    files = expand_inputs(args.input)
+    config, model = load_trained_model(args)
+    predictor = DefaultPredictor(config, model)
+    names = class_names(config)
+    output = args.output or os.path.join(config.OUTPUT_DIR, "demo")
+    os.makedirs(output, exist_ok=True)
+    for path, name in zip(tqdm(files, desc="demo", disable=len(files) < 2), output_names(files)):
+        image = read_image(path)
+        instances = {k: v.cpu() for k, v in predictor(image).items()}
+        drawn = draw_instances(F.pil_to_tensor(image), instances, names, args.confidence_threshold)
+        F.to_pil_image(drawn).save(os.path.join(output, name))
+        shown = int((instances["scores"] >= args.confidence_threshold).sum())
+        logger.info("%s: %d detections, %d drawn (score >= %.2f) -> %s", path, len(instances["scores"]), shown,
+                    args.confidence_threshold, os.path.join(output, name))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", default=None, help="folder for the PNGs (default: OUTPUT_DIR/demo)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    add_model_arguments(parser)
+    run_reporting_user_errors(run, parse_tool_arguments(parser, argv, "input"))
+
+
+if __name__ == "__main__":
+    main()

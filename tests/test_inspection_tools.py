@@ -1,0 +1,133 @@
+"""The tools that show what a trained model does: demo pictures, training curves, solver convergence,
+and the test-time compute knob, on a model trained for a few iterations on the built-in data."""
+import argparse
+import json
+import math
+import os
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from ifr.data import get_dataset_dicts
+from ifr.engine.predictor import DefaultPredictor
+from ifr.errors import UserError
+from ifr.tools import compute_knob, demo, plot_convergence, plot_metrics, quickstart
+from ifr.tools.compute_knob import SolveSetting, find_refinement
+from ifr.tools.trained_model import add_model_arguments, load_trained_model
+
+from helpers import TINY
+
+# Keep every detection, so that even a briefly trained model draws masks.
+LOW_THRESHOLD = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, val_subset):
+    """IFR_OUTPUT_ROOT holding a 12-iteration quickstart run (the last 3 iterations implicit)."""
+    root = tmp_path_factory.mktemp("inspect")
+    previous = os.environ.get("IFR_OUTPUT_ROOT")
+    os.environ["IFR_OUTPUT_ROOT"] = str(root)
+    torch.manual_seed(0)
+    quickstart.main(["--max-iter", "12", "--no-progress", *TINY])
+    yield os.path.join(str(root), "quickstart")
+    if previous is None:
+        del os.environ["IFR_OUTPUT_ROOT"]
+    else:
+        os.environ["IFR_OUTPUT_ROOT"] = previous
+
+
+def _load_quickstart_model(*overrides):
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    return load_trained_model(parser.parse_args(["--quickstart", *TINY, *overrides]))
+
+
+def _val_image(index=0):
+    return get_dataset_dicts("synthetic_shapes_val")[index]["file_name"]
+
+
+def test_demo_draws_the_predicted_masks(trained, tmp_path):
+    path = _val_image()
+    demo.main(["--quickstart", "--input", path, "--output", str(tmp_path), "--confidence-threshold", "0.0",
+               *TINY, *LOW_THRESHOLD])
+    drawn = F.pil_to_tensor(Image.open(tmp_path / (os.path.splitext(os.path.basename(path))[0] + ".png")))
+    original = F.pil_to_tensor(Image.open(path).convert("RGB"))
+    assert drawn.shape == original.shape
+    config, model = _load_quickstart_model(*LOW_THRESHOLD)
+    masks = DefaultPredictor(config, model)(Image.open(path).convert("RGB"))["masks"]
+    covered = masks.any(dim=0)
+    assert covered.any()
+    changed = (drawn != original).any(dim=0)
+    assert changed[covered].float().mean() > 0.9
+
+
+def test_demo_input_errors(trained, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        demo.main(["--quickstart", "--input", str(tmp_path / "missing*.jpg"), *TINY])
+    assert info.value.code == 2
+    assert demo.output_names(["a/x.jpg", "b/x.png", "c/y.jpg"]) == ["x.png", "x_1.png", "y.png"]
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(UserError, match="no images"):
+        demo.expand_inputs([str(tmp_path)])
+
+
+def _is_png(path):
+    with Image.open(path) as image:
+        return image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_training_curves_from_a_real_metrics_json(trained, tmp_path, capsys):
+    records = [json.loads(line) for line in open(os.path.join(trained, "metrics.json"))]
+    assert any(k.startswith("deq/") for k in records[-1])  # the run reached the implicit phase
+    output = tmp_path / "curves.png"
+    plot_metrics.main([trained, "--output", str(output)])
+    assert _is_png(output) and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        plot_metrics.main([str(tmp_path / "nowhere")])
+
+
+def test_solver_convergence_plot(trained, tmp_path):
+    output = tmp_path / "convergence.png"
+    plot_convergence.main(["--quickstart", "--image", _val_image(), "--max-iter", "5", "--output", str(output),
+                           *TINY, *LOW_THRESHOLD])
+    assert _is_png(output)
+
+
+def test_convergence_traces_have_one_row_per_step():
+    block = torch.nn.Module()
+    block.block = lambda z, x: 0.5 * z + x
+    traces = plot_convergence.residual_traces(block, torch.ones(3, 2, 4, 4), ["broyden", "fixed_point"], 6)
+    assert set(traces) == {"broyden", "fixed_point"}
+    assert traces["fixed_point"].shape == (7, 3)
+    # plain iteration on a 0.5-contraction halves the residual each step
+    assert torch.allclose(traces["fixed_point"][1:] / traces["fixed_point"][:-1], torch.full((6, 3), 0.5))
+
+
+def test_compute_knob_table_has_a_finite_row_per_setting(trained, capsys):
+    settings = ["broyden:2:1e-5", "fixed_point:3:1e-5", "unrolled:4"]
+    compute_knob.main(["--quickstart", "--no-progress", "--settings", *settings, *TINY])
+    lines = capsys.readouterr().out.splitlines()
+    header = max(i for i, line in enumerate(lines) if line.startswith("| setting"))
+    rows = [line for line in lines[header + 2:] if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == settings
+    for row in rows:
+        numbers = [float(cell) for cell in row.split("|")[2:-1]]
+        assert len(numbers) == 5 and all(math.isfinite(n) for n in numbers)
+    steps = [float(r.split("|")[4]) for r in rows]
+    assert steps[2] == 4.0 and 0 < steps[0] <= 2 and 0 < steps[1] <= 3
+
+
+def test_solve_setting_parsing_and_restoring(trained):
+    assert SolveSetting.parse("anderson:8:1e-4").solver.max_iter == 8
+    assert SolveSetting.parse("unrolled:6").unrolled_steps == 6
+    for bad in ("broyden:8", "newton:8:1e-4", "unrolled:x"):
+        with pytest.raises(UserError):
+            SolveSetting.parse(bad)
+    _, model = _load_quickstart_model()
+    refinement = find_refinement(model)
+    before = (refinement.mode, refinement.num_unrolled, refinement.solver)
+    with SolveSetting.parse("unrolled:7").applied(refinement):
+        assert (refinement.mode, refinement.num_unrolled) == ("unrolled", 7)
+    assert (refinement.mode, refinement.num_unrolled, refinement.solver) == before
