@@ -108,6 +108,21 @@ def test_bad_annotations_name_the_file_and_annotation(tmp_path, annotation, mess
     assert "annotation 5" in str(info.value) and json_file in str(info.value)
 
 
+def test_degenerate_boxes_and_polygons_are_dropped_and_counted(tmp_path, caplog):
+    json_file, images = _write_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "iscrowd": 0,
+         "segmentation": [[2, 2, 12, 2, 12, 12], [1, 1, 2, 2]]},                       # one good polygon kept
+        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [2, 2, 0, 10], "iscrowd": 0},  # empty box
+        {"id": 3, "image_id": 1, "category_id": 3, "bbox": [2, 2, 4, 4], "iscrowd": 0,
+         "segmentation": [[1, 1, 2, 2]]},                                                   # a 2-point "polygon"
+    ])
+    with caplog.at_level("WARNING", logger="ifr.data.coco"):
+        records = load_coco_json(json_file, images)
+    annotations = records[0]["annotations"]
+    assert len(annotations) == 1 and annotations[0]["segmentation"] == [[2, 2, 12, 2, 12, 12]]
+    assert "dropped 1 annotations with an empty box and 1 whose polygons" in caplog.text
+
+
 def test_missing_dataset_path_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("IFR_DATASETS", str(tmp_path))
     with pytest.raises(DatasetError) as info:
@@ -130,7 +145,26 @@ def test_grouped_sampler_batches_share_aspect_and_ranks_are_disjoint():
     batches = iter(GroupedInfiniteBatchSampler(groups, 3, seed=0))
     for _ in range(10):
         batch = next(batches)
-        assert len(batch) == 3 and len({groups[i] for i in batch}) == 1
+        assert len(batch) == 3 and len({groups[i] for i, _ in batch}) == 1
     ranks = [GroupedInfiniteBatchSampler([0] * 10, 5, seed=1, rank=r, world_size=2) for r in range(2)]
-    assert set(next(iter(ranks[0]))).isdisjoint(next(iter(ranks[1])))
+    assert {i for i, _ in next(iter(ranks[0]))}.isdisjoint(i for i, _ in next(iter(ranks[1])))
     assert [list(InferenceSampler(10, r, 3)) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_grouped_sampler_resumes_the_same_stream_with_the_same_sample_seeds():
+    groups = [0, 1, 1, 0, 1] * 4
+    stream = iter(GroupedInfiniteBatchSampler(groups, 2, seed=3))
+    first = [next(stream) for _ in range(9)]
+    resumed = iter(GroupedInfiniteBatchSampler(groups, 2, seed=3, start_batch=5))
+    assert [next(resumed) for _ in range(4)] == first[5:]
+    seeds = [s for batch in first for _, s in batch]
+    assert len(set(seeds)) == len(seeds)  # every drawn sample gets its own augmentation seed
+
+
+def test_map_dataset_augmentation_depends_on_the_sample_seed_only():
+    from ifr.data.build import MapDataset
+
+    dataset = MapDataset([{"x": 1}], lambda record: torch.rand(3))
+    a, b = dataset[(0, 7)], dataset[(0, 7)]
+    torch.rand(5)  # whatever else consumed random numbers in between
+    assert torch.equal(a, b) and torch.equal(dataset[(0, 7)], a) and not torch.equal(dataset[(0, 8)], a)

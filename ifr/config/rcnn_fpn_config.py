@@ -105,7 +105,8 @@ _RCNN_FPN_DEFAULTS = dict(
         ),
     ),
     DATASETS=dict(TRAIN=(), TEST=()),
-    DATALOADER=dict(NUM_WORKERS=2, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True),
+    # SKIP_CORRUPT_IMAGES (not in cvpods): train past missing/undecodable images instead of stopping.
+    DATALOADER=dict(NUM_WORKERS=2, ASPECT_RATIO_GROUPING=True, FILTER_EMPTY_ANNOTATIONS=True, SKIP_CORRUPT_IMAGES=False),
     SOLVER=dict(
         LR_SCHEDULER=dict(NAME="WarmupMultiStepLR", MAX_ITER=40000, STEPS=(30000,), WARMUP_FACTOR=0.001,
                           WARMUP_ITERS=1000, WARMUP_METHOD="linear", GAMMA=0.1),

@@ -3,29 +3,54 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ifr.errors import UserError
 
 from .catalog import get_dataset_dicts, get_metadata
 from .coco import check_coco_paths
-from .mapper import DatasetMapper
+from .mapper import DatasetMapper, ImageReadError
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
 
 logger = logging.getLogger(__name__)
 
 
 class MapDataset(Dataset):
-    """Records mapped on access (in the loader's worker processes)."""
+    """Records mapped on access (in the loader's worker processes). An ``(index, seed)`` key maps
+    with the random state seeded by ``seed``, so augmentation does not depend on the worker.
 
-    def __init__(self, records: list[dict], mapper):
-        self.records, self.mapper = records, mapper
+    With ``skip_unreadable``, a record whose image is missing or corrupt is replaced by the next
+    readable one (a warning names the file and counts the skips of this process).
+    """
+
+    def __init__(self, records: list[dict], mapper, skip_unreadable: bool = False):
+        self.records, self.mapper, self.skip_unreadable = records, mapper, skip_unreadable
+        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.mapper(self.records[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, int):
+            return self._map(key)
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._map(index)
+
+    def _map(self, index: int) -> dict:
+        for offset in range(len(self.records)):
+            record = self.records[(index + offset) % len(self.records)]
+            try:
+                return self.mapper(record)
+            except ImageReadError as e:
+                if not self.skip_unreadable:
+                    raise
+                self.skipped += 1
+                logger.warning("skipping %s (%d images skipped by this loader process): %s", record["file_name"],
+                               self.skipped, e)
+        raise UserError("no image of the dataset can be read (DATALOADER.SKIP_CORRUPT_IMAGES skipped them all)")
 
 
 def _as_list(batch):
@@ -46,8 +71,9 @@ def load_train_records(dataset_names, filter_empty: bool) -> list[dict]:
     return records
 
 
-def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Endless loader of lists of IMS_PER_BATCH / world_size mapped records."""
+def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0) -> DataLoader:
+    """Endless loader of lists of IMS_PER_BATCH / world_size mapped records, from batch ``start_batch``
+    of the seeded stream on."""
     records = load_train_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // world_size
     if batch_size < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size:
@@ -55,8 +81,12 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1) -> Da
                         f"number of processes ({world_size})")
     groups = [int(r["width"] > r["height"]) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else 0 for r in records]
     mapper = DatasetMapper(cfg.INPUT.AUG.TRAIN_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=cfg.MODEL.MASK_ON)
-    sampler = GroupedInfiniteBatchSampler(groups, batch_size, seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(MapDataset(records, mapper), batch_sampler=sampler, collate_fn=_as_list,
+    sampler = GroupedInfiniteBatchSampler(groups, batch_size, seed=seed, rank=rank, world_size=world_size,
+                                          start_batch=start_batch)
+    dataset = MapDataset(records, mapper, skip_unreadable=cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
+    # Its own generator: starting the loader must not draw from the global random state, which the
+    # training step uses (a resumed run restores that state and must continue it exactly).
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list, generator=torch.Generator().manual_seed(seed),
                       num_workers=cfg.DATALOADER.NUM_WORKERS, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
 
 

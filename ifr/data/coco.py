@@ -57,16 +57,19 @@ def load_coco_api(json_file: str) -> COCO:
             raise DatasetError(f"{json_file} is not a valid COCO instances file ({type(e).__name__}: {e})") from e
 
 
-def _check_segmentation(segm, where: str) -> None:
+def _check_segmentation(segm, where: str):
+    """The segmentation with degenerate polygons (fewer than 3 points) removed; a DatasetError for
+    malformed ones. An empty list means nothing drawable is left."""
     if isinstance(segm, list):
         for polygon in segm:
-            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
-                raise DatasetError(f"{where}: a polygon must be a flat list of at least 3 (x, y) pairs")
-    elif isinstance(segm, dict):
+            if not isinstance(polygon, list) or len(polygon) % 2:
+                raise DatasetError(f"{where}: a polygon must be a flat list of (x, y) pairs")
+        return [polygon for polygon in segm if len(polygon) >= 6]
+    if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
             raise DatasetError(f"{where}: an RLE segmentation needs 'counts' and 'size'")
-    else:
-        raise DatasetError(f"{where}: segmentation must be polygons (list) or RLE (dict), got {type(segm).__name__}")
+        return segm
+    raise DatasetError(f"{where}: segmentation must be polygons (list) or RLE (dict), got {type(segm).__name__}")
 
 
 def load_coco_json(json_file: str, image_root: str) -> list[dict]:
@@ -75,6 +78,7 @@ def load_coco_json(json_file: str, image_root: str) -> list[dict]:
     coco = load_coco_api(json_file)
     id_map = contiguous_category_ids(coco)
     records = []
+    dropped = {"boxes": 0, "polygons": 0}
     for image_id in sorted(coco.getImgIds()):
         image = coco.imgs[image_id]
         annotations = []
@@ -85,15 +89,23 @@ def load_coco_json(json_file: str, image_root: str) -> list[dict]:
                 raise DatasetError(f"{where}: bbox must be [x, y, width, height] with width, height >= 0, got {bbox}")
             if ann.get("category_id") not in id_map:
                 raise DatasetError(f"{where}: category_id {ann.get('category_id')} is not in the file's categories")
+            if bbox[2] == 0 or bbox[3] == 0:  # degenerate: nothing to learn from
+                dropped["boxes"] += 1
+                continue
             record_ann = {"bbox": [float(v) for v in bbox], "category_id": id_map[ann["category_id"]],
                           "iscrowd": int(ann.get("iscrowd", 0))}
             if "segmentation" in ann:
-                _check_segmentation(ann["segmentation"], where)
-                record_ann["segmentation"] = ann["segmentation"]
+                record_ann["segmentation"] = _check_segmentation(ann["segmentation"], where)
+                if not record_ann["segmentation"]:
+                    dropped["polygons"] += 1
+                    continue
             annotations.append(record_ann)
         records.append({"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
                         "width": image["width"], "image_id": image_id, "annotations": annotations})
     logger.info("loaded %d images from %s", len(records), json_file)
+    if dropped["boxes"] or dropped["polygons"]:
+        logger.warning("%s: dropped %d annotations with an empty box and %d whose polygons all have fewer than 3 "
+                       "points", json_file, dropped["boxes"], dropped["polygons"])
     return records
 
 

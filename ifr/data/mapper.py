@@ -16,6 +16,10 @@ from .transforms import build_augmentation, to_format
 logger = logging.getLogger(__name__)
 
 
+class ImageReadError(DatasetError):
+    """An image file that is missing or cannot be decoded."""
+
+
 def read_image(file_name: str) -> Image.Image:
     """An RGB PIL image with its EXIF orientation applied; a clear error for missing/corrupt files."""
     try:
@@ -23,9 +27,11 @@ def read_image(file_name: str) -> Image.Image:
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
     except FileNotFoundError:
-        raise DatasetError(f"image {file_name} does not exist: check the dataset's image folder") from None
+        raise ImageReadError(f"image {file_name} does not exist: check the dataset's image folder, or set "
+                             "DATALOADER.SKIP_CORRUPT_IMAGES True to train without it") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise DatasetError(f"image {file_name} cannot be decoded ({e}); replace or remove it") from None
+        raise ImageReadError(f"image {file_name} cannot be decoded ({e}); replace or remove it, or set "
+                             "DATALOADER.SKIP_CORRUPT_IMAGES True to train without it") from None
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:

@@ -79,12 +79,17 @@ class EquilibriumRefinement(nn.Module):
         return z
 
     def implicit(self, x: torch.Tensor) -> torch.Tensor:
-        f: Callable[[torch.Tensor], torch.Tensor] = lambda z: self.block(z, x)
-        with torch.no_grad():
-            z_star, self.last_stats = self.solver.solve(f, torch.zeros_like(x))
-        if torch.is_grad_enabled() and self._needs_grad(x):
-            return self.backward_strategy(f, z_star)
-        return z_star
+        # Under mixed precision the solves still run in float32: residuals of 1e-5 and Broyden's
+        # secant updates are below half precision's resolution. The output is then float32.
+        with torch.autocast(x.device.type, enabled=False):
+            if x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()
+            f: Callable[[torch.Tensor], torch.Tensor] = lambda z: self.block(z, x)
+            with torch.no_grad():
+                z_star, self.last_stats = self.solver.solve(f, torch.zeros_like(x))
+            if torch.is_grad_enabled() and self._needs_grad(x):
+                return self.backward_strategy(f, z_star)
+            return z_star
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         return x.requires_grad or any(p.requires_grad for p in self.block.parameters())

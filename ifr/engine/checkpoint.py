@@ -28,10 +28,12 @@ class Checkpointer:
         self.last_report: LoadReport | None = None
 
     def save(self, name: str, **extra: Any) -> None:
-        if not self.save_to_disk:
-            return
+        """Writes ``<name>.pth``. Call on every process: checkpointables may gather across processes;
+        only the one with ``save_to_disk`` writes."""
         data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
                 **extra}
+        if not self.save_to_disk:
+            return
         os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
         temporary = path + ".tmp"

@@ -11,16 +11,20 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ifr.config import ConfigError
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
+from ifr.utils import comm
+
 from .checkpoint import Checkpointer
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
-from .train_loop import SimpleTrainer
+from .random_state import RandomStates
+from .train_loop import SimpleTrainer, model_device
 
 logger = logging.getLogger("ifr")
 
@@ -105,9 +109,7 @@ def scale_to_world_size(cfg, world_size: int) -> None:
 
 
 def seed_all(seed: int) -> int:
-    """Seeds python, numpy and torch; a negative seed draws a random one (returned and stored)."""
-    if seed < 0:
-        seed = int.from_bytes(os.urandom(2), "big")
+    """Seeds python, numpy and torch."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -121,7 +123,11 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,
                 __import__("torchvision").__version__, torch.cuda.is_available())
     scale_to_world_size(cfg, world_size)
-    cfg.SEED = seed_all(cfg.SEED + rank if cfg.SEED >= 0 else -1)
+    # One SEED for the run (the data order is drawn from it on every process); each process seeds
+    # its own generators with SEED + rank.
+    seed = cfg.SEED if cfg.SEED >= 0 else int.from_bytes(os.urandom(2), "big")
+    cfg.SEED = comm.all_gather(seed)[0]
+    seed_all(cfg.SEED + rank)
     resolve_device(cfg)
     logger.info("config differences from %s:\n%s", type(cfg).__mro__[1].__name__, cfg.diff(cfg.base_defaults()))
     if rank == 0:
@@ -139,7 +145,7 @@ def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
     """Evaluates on every DATASETS.TEST entry; prints the COCO tables and copypaste lines."""
     results = {}
     for name in cfg.DATASETS.TEST:
-        loader = build_test_loader(cfg, name)
+        loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())  # merged by the evaluator
         scores = inference_on_dataset(model, loader, build_evaluator(cfg, name), show_progress)
         logger.info("Evaluation results for %s in csv format:", name)
         print_csv_format(scores)
@@ -157,20 +163,30 @@ class DefaultTrainer(SimpleTrainer):
         model = build_model(cfg).to(cfg.MODEL.DEVICE)
         logger.info("model:\n%s", model)
         optimizer = build_optimizer(cfg, model)
-        super().__init__(model, build_train_loader(cfg, seed=cfg.SEED), optimizer, build_gradient_clipper(cfg))
+        rank, world_size = comm.get_rank(), comm.get_world_size()
+        trained = model
+        if world_size > 1:
+            device_ids = [torch.cuda.current_device()] if model_device(model).type == "cuda" else None
+            trained = DistributedDataParallel(model, device_ids=device_ids)
+        self.loader_arguments = dict(cfg=cfg, seed=cfg.SEED, rank=rank, world_size=world_size)
+        super().__init__(trained, build_train_loader(**self.loader_arguments), optimizer, build_gradient_clipper(cfg),
+                         mixed_precision=cfg.TRAINER.FP16.ENABLED)
         self.scheduler = build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=self.scheduler)
+        checkpointables = dict(optimizer=optimizer, scheduler=self.scheduler, random_states=RandomStates())
+        if self.grad_scaler is not None:
+            checkpointables["grad_scaler"] = self.grad_scaler
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables)
         self.start_iter = 0
         max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
         writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE),
                    JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
-                   TensorboardWriter(cfg.OUTPUT_DIR)]
+                   TensorboardWriter(cfg.OUTPUT_DIR)] if comm.is_main_process() else []
         self.register_hooks([
             LRSchedulerHook(optimizer, self.scheduler),
             EquilibriumStatsHook(model),
             PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter),
-            EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, self.model, show_progress) if cfg.DATASETS.TEST
-                     else {}),
+            EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, model, show_progress and comm.is_main_process())
+                     if cfg.DATASETS.TEST else {}),
             PeriodicWriter(writers, period=cfg.TRAINER.WINDOW_SIZE),
         ])
 
@@ -179,6 +195,8 @@ class DefaultTrainer(SimpleTrainer):
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
         self.start_iter = extra.get("iteration", -1) + 1 if resuming else 0
+        if self.start_iter > 0:  # continue the data stream where the checkpointed run was
+            self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
 
     def train(self) -> None:
         super().train(self.start_iter, self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER)

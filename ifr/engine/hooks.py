@@ -111,3 +111,5 @@ class EquilibriumStatsHook(HookBase):
                 summary = stats.summary()
                 storage.put_scalar(f"deq/{tag}/{kind}_iterations", summary["iterations"])
                 storage.put_scalar(f"deq/{tag}/{kind}_rel_residual", summary["rel_residual"])
+                # solves stopped by the protective break (their lowest-residual iterate was used)
+                storage.put_scalar(f"deq/{tag}/{kind}_diverged", summary["diverged"])

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 import time
-
 from typing import Callable, Iterable
 
 import torch
 
 from ifr.errors import TrainingDivergedError
+from ifr.utils import comm
 
 from .events import EventStorage
 from .hooks import HookBase
@@ -16,17 +16,29 @@ from .hooks import HookBase
 logger = logging.getLogger(__name__)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 class SimpleTrainer:
     """``run_step``: next batch -> ``model(batch, iteration=it)`` (a dict of losses) -> backward -> SGD step.
 
     The global 0-based iteration is passed to the model explicitly, so iteration-dependent heads
-    (IFR's unrolled-then-implicit schedule) see it, including after a resume.
+    (IFR's unrolled-then-implicit schedule) see it, including after a resume. With
+    ``mixed_precision`` the forward runs under autocast (float16 on GPU, bfloat16 on CPU) and the
+    loss is scaled on GPU; the fixed-point solves keep float32 (see ``EquilibriumRefinement``).
+    The logged losses are averaged over processes.
     """
 
     def __init__(self, model: torch.nn.Module, data_loader, optimizer: torch.optim.Optimizer,
-                 grad_clipper: Callable[[Iterable[torch.Tensor]], None] | None = None):
+                 grad_clipper: Callable[[Iterable[torch.Tensor]], None] | None = None, mixed_precision: bool = False):
         self.model, self.data_loader, self.optimizer = model, data_loader, optimizer
         self.grad_clipper = grad_clipper
+        self.device_type = model_device(model).type
+        self.mixed_precision = mixed_precision
+        # Loss scaling keeps float16 gradients from underflowing; bfloat16 (CPU) does not need it.
+        self.grad_scaler = torch.amp.GradScaler(self.device_type) if mixed_precision and self.device_type == "cuda" \
+            else None
         self.hooks: list[HookBase] = []
         self.iter = self.start_iter = self.max_iter = 0
         self.storage = EventStorage()
@@ -58,16 +70,26 @@ class SimpleTrainer:
         start = time.perf_counter()
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
-        loss_dict = self.model(batch, iteration=self.iter)
+        with torch.autocast(self.device_type, enabled=self.mixed_precision):
+            loss_dict = self.model(batch, iteration=self.iter)
         losses = sum(loss_dict.values())
         if not torch.isfinite(losses):
-            raise TrainingDivergedError(f"loss became non-finite at iteration {self.iter}: "
-                                     f"{ {k: float(v) for k, v in loss_dict.items()} }; lower "
-                                     "SOLVER.OPTIMIZER.BASE_LR or lengthen SOLVER.LR_SCHEDULER.WARMUP_ITERS")
+            raise TrainingDivergedError(
+                f"loss became non-finite at iteration {self.iter}: {', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())}. "
+                "The last checkpoint is kept (resume with --resume); lower SOLVER.OPTIMIZER.BASE_LR or lengthen "
+                "SOLVER.LR_SCHEDULER.WARMUP_ITERS")
         self.optimizer.zero_grad(set_to_none=True)
-        losses.backward()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            self.grad_scaler.unscale_(self.optimizer)  # clip the true gradients
+        else:
+            losses.backward()
         if self.grad_clipper is not None:
             self.grad_clipper([p for g in self.optimizer.param_groups for p in g["params"]])
-        self.optimizer.step()
-        self.storage.put_scalars(total_loss=losses, data_time=data_time, time=time.perf_counter() - start,
-                                 **loss_dict)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        logged = comm.reduce_mean({"total_loss": losses, **loss_dict})
+        self.storage.put_scalars(data_time=data_time, time=time.perf_counter() - start, **logged)

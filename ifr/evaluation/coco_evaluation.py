@@ -10,13 +10,13 @@ import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
 from ifr.data.catalog import get_metadata
 from ifr.data.coco import contiguous_category_ids, load_coco_api
+from ifr.utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ def instances_to_coco_json(instances: dict, image_id: int) -> list[dict]:
             result["segmentation"] = rle
         results.append(result)
     return results
-
-
-def _all_gather(items: list) -> list:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, items)
-    return list(itertools.chain.from_iterable(gathered))
 
 
 class COCOEvaluator:
@@ -72,8 +64,8 @@ class COCOEvaluator:
                                       "instances": instances_to_coco_json(y["instances"], x["image_id"])})
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        predictions = _all_gather(self._predictions)
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        predictions = list(itertools.chain.from_iterable(comm.all_gather(self._predictions)))
+        if not comm.is_main_process():
             return {}
         results = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
         if self.output_dir:

@@ -25,7 +25,7 @@ from ifr.visualization import draw_instances
 from .experiment import run_reporting_user_errors
 from .trained_model import add_model_arguments, load_trained_model, parse_tool_arguments
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ifr.tools.demo")  # not __name__: "__main__" under python -m
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

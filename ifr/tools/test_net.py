@@ -11,10 +11,11 @@ import re
 
 from ifr.data import check_datasets
 from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
+from ifr.engine.launch import launch
 from ifr.errors import UserError
+from ifr.utils import comm
 
 from .experiment import load_experiment, run_reporting_user_errors
-from .train_net import check_single_process
 
 
 def checkpoint_iteration(path: str, max_iter: int) -> int:
@@ -40,11 +41,11 @@ def checkpoints_to_evaluate(cfg, args) -> list[str]:
     return sorted(selected, key=lambda f: checkpoint_iteration(f, max_iter))
 
 
-def run(args) -> None:
-    check_single_process(args)
+def test_worker(args) -> None:
+    """What each process runs: the test set is sharded over the processes and the results merged."""
     config, build_model = load_experiment(os.getcwd())
     config.merge_from_list(args.opts)
-    default_setup(config, args)
+    default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset, e.g. DATASETS.TEST \"('coco_2017_val',)\"")
     check_datasets(config.DATASETS.TEST)
@@ -52,6 +53,10 @@ def run(args) -> None:
         model = build_model(config).to(config.MODEL.DEVICE)
         Checkpointer(model, config.OUTPUT_DIR).resume_or_load(path, resume=args.resume, strict=True)
         evaluate(config, model)
+
+
+def run(args) -> None:
+    launch(test_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,29 +1,26 @@
-"""``pods_train``: train (or with --eval-only, evaluate) the experiment in the current folder."""
+"""``pods_train``: train (or with --eval-only, evaluate) the experiment in the current folder, in one
+process or, with ``--num-gpus N`` / ``--num-machines`` / torchrun, in one process per device."""
 from __future__ import annotations
 
 import logging
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, evaluate
-from ifr.errors import UserError
+from ifr.engine.launch import launch
+from ifr.utils import comm
 
 from .experiment import load_experiment, run_reporting_user_errors
 
 logger = logging.getLogger("ifr")
 
 
-def check_single_process(args) -> None:
-    if args.num_gpus * args.num_machines > 1:
-        raise UserError("multi-process training (--num-gpus/--num-machines > 1) is not available in this version; "
-                        "run with --num-gpus 1 (the schedule is scaled to one process automatically)")
-
-
-def run(args) -> None:
-    check_single_process(args)
+def train_worker(args) -> None:
+    """What each process runs (the only one without --num-gpus)."""
     config, build_model = load_experiment(os.getcwd())
-    config.link_log()
+    if comm.is_main_process():
+        config.link_log()
     config.merge_from_list(args.opts)
-    default_setup(config, args)
+    default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
     if args.eval_only:
         model = build_model(config).to(config.MODEL.DEVICE)
         Checkpointer(model, config.OUTPUT_DIR).resume_or_load(config.MODEL.WEIGHTS, resume=args.resume)
@@ -32,6 +29,10 @@ def run(args) -> None:
     trainer = DefaultTrainer(config, build_model)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
+
+
+def run(args) -> None:
+    launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,142 @@
+"""Starting one process per device with torch.distributed: on one machine (``--num-gpus N``), on several
+(``--num-machines/--machine-rank/--dist-url``), or under torchrun (its environment variables).
+
+NCCL on GPUs, gloo on the CPU. A worker that dies ends the whole job: the launcher kills the other
+workers and raises, instead of leaving them waiting in a collective.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ifr.errors import UserError
+from ifr.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerError(UserError):
+    """A worker process of a multi-process job failed or died."""
+
+# How long a collective may wait for a slow peer before the job fails instead of hanging forever.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def started_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _init(rank: int, world_size: int, local_rank: int, init_method: str) -> None:
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"--num-gpus asks for more processes than this machine has GPUs "
+                            f"({torch.cuda.device_count()})")
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(_backend(), init_method=init_method, world_size=world_size, rank=rank,
+                            timeout=COLLECTIVE_TIMEOUT)
+    comm.synchronize()
+
+
+def _record_failure(error_dir: str, rank: int, error: BaseException) -> None:
+    # With the time, so the launcher can tell the first failure from its consequences (peers failing
+    # in a collective once this process is gone). Written before the process group is torn down.
+    path = os.path.join(error_dir, f"rank{rank}.txt")
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{time.time()}\n{error}")
+    os.replace(path + ".tmp", path)  # whole or absent, even if this process is terminated meanwhile
+
+
+def _worker(local_rank: int, main: Callable, args: tuple, world_size: int, num_per_machine: int,
+            machine_rank: int, init_method: str, error_dir: str) -> None:
+    rank = machine_rank * num_per_machine + local_rank
+    try:
+        _init(rank, world_size, local_rank, init_method)
+    except BaseException as e:
+        _record_failure(error_dir, rank, e)
+        raise
+    try:
+        main(*args)
+    except BaseException as e:
+        _record_failure(error_dir, rank, e)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _first_failure(context, error_dir: str, machine_rank: int, num_per_machine: int) -> str:
+    """The root cause among the workers: one that died without a Python error (killed, out of
+    memory), else the earliest recorded error."""
+    errors = {}
+    for name in [n for n in os.listdir(error_dir) if n.endswith(".txt")]:
+        with open(os.path.join(error_dir, name)) as f:
+            stamp, message = f.read().split("\n", 1)
+        errors[int(name[len("rank"):-len(".txt")])] = (float(stamp), message.strip())
+    for local_rank, process in enumerate(context.processes):
+        rank = machine_rank * num_per_machine + local_rank
+        # (-SIGTERM: terminated by the launcher after another worker failed, not a cause)
+        if process.exitcode not in (0, None, -signal.SIGTERM) and rank not in errors:
+            return (f"worker process {rank} died (exit code {process.exitcode}), the job is stopped; checkpoints "
+                    "written so far are kept: continue with --resume")
+    if not errors:
+        return "a worker process failed, the job is stopped"
+    rank, (_, message) = min(errors.items(), key=lambda item: item[1][0])
+    return f"worker process {rank} failed, the job is stopped: {message}"
+
+
+def launch(main: Callable, num_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
+           dist_url: str = "auto", args: tuple = ()) -> None:
+    """Runs ``main(*args)`` in ``num_per_machine * num_machines`` processes (in this one if that is 1).
+
+    ``dist_url``: ``tcp://HOST:PORT`` of machine 0, or "auto" (a free local port; one machine only).
+    """
+    if started_by_torchrun():
+        _init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), "env://")
+        try:
+            main(*args)
+        finally:
+            dist.destroy_process_group()
+        return
+    world_size = num_per_machine * num_machines
+    if num_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise UserError(f"--num-gpus ({num_per_machine}) and --num-machines ({num_machines}) must be >= 1 and "
+                        f"--machine-rank ({machine_rank}) in [0, num-machines)")
+    if world_size == 1:
+        main(*args)
+        return
+    if dist_url == "auto":
+        if num_machines > 1:
+            raise UserError("--dist-url auto works on one machine only: pass --dist-url tcp://<machine 0>:<port>")
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    logger.info("starting %d processes (%s) for a world of %d, init %s", num_per_machine, _backend(), world_size,
+                dist_url)
+    error_dir = tempfile.mkdtemp(prefix="ifr-workers-")
+    context = mp.start_processes(_worker, nprocs=num_per_machine, start_method="spawn", join=False,
+                                 args=(main, args, world_size, num_per_machine, machine_rank, dist_url, error_dir))
+    try:
+        while not context.join():
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):  # the others were terminated by join
+        raise WorkerError(_first_failure(context, error_dir, machine_rank, num_per_machine)) from None
+    finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
