@@ -51,7 +51,8 @@ _FORMAT = "[%(asctime)s %(name)s]: %(message)s"
 
 
 def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
-    """Logs of the ``ifr`` package to stdout (rank 0) and to OUTPUT_DIR/log.txt (log.txt.rank{r})."""
+    """Logs of the ``ifr`` package to stdout and OUTPUT_DIR/log.txt from rank 0; other ranks print
+    warnings and errors only."""
     root = logging.getLogger("ifr")
     root.setLevel(logging.INFO)
     root.propagate = False
@@ -59,14 +60,14 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
         root.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter(_FORMAT, datefmt="%m/%d %H:%M:%S")
-    if rank == 0:
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(formatter)
-        root.addHandler(console)
-    if output_dir:
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    if rank > 0:  # only rank 0 logs; the others say only what goes wrong
+        console.setLevel(logging.WARNING)
+    root.addHandler(console)
+    if output_dir and rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "log.txt" if rank == 0 else f"log.txt.rank{rank}")
-        file_handler = logging.FileHandler(path)
+        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     return root

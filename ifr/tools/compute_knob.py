@@ -17,6 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import torch
 from tabulate import tabulate
 
 from ifr.data import build_test_loader, check_datasets
@@ -89,6 +90,8 @@ def compute_knob(cfg, model, settings: list[SolveSetting], show_progress: bool =
             stats = module.last_stats
             steps.append(stats.iterations if stats is not None else module.num_unrolled)
 
+    with torch.no_grad():  # warm-up (allocator, thread pools), so the first row is not charged for it
+        model.eval()(next(iter(build_test_loader(cfg, dataset))))
     hook = refinement.register_forward_hook(count_steps)
     rows = []
     try:
