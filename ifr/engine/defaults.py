@@ -17,7 +17,6 @@ from ifr.config import ConfigError
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
-
 from ifr.utils import comm
 
 from .checkpoint import Checkpointer
