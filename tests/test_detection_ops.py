@@ -135,3 +135,47 @@ def test_bad_model_config_values_are_config_errors():
         ROIPooler(7, [4, 8], pooler_type="ROIPool")
     with pytest.raises(ConfigError, match="STEPS must be increasing"):
         WarmupMultiStepLR(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), [80, 60])
+
+
+def _rpn(pre_topk: int, post_topk: int) -> "RPN":
+    from ifr.modeling.rpn import RPN, StandardRPNHead
+
+    rpn = RPN(["p2", "p3"], StandardRPNHead(8, 1), DefaultAnchorGenerator([[32], [64]], [[1.0]], [4, 8]),
+              pre_nms_topk=(pre_topk, pre_topk), post_nms_topk=(post_topk, post_topk), nms_thresh=0.7)
+    return rpn.eval()
+
+
+def test_rpn_selects_per_level_top_k_then_nms_on_logits_per_level_then_per_image_top_k():
+    box = lambda x0, y0, x1, y1: [float(x0), float(y0), float(x1), float(y1)]  # noqa: E731
+    level0 = torch.tensor([box(0, 0, 10, 10), box(20, 20, 30, 30), box(40, 40, 50, 50), box(60, 60, 70, 70),
+                           box(200, 5, 210, 15)])          # the last one lies outside the image: empty once clipped
+    level1 = torch.tensor([box(0, 0, 10, 10), box(0, 0, 10, 11), box(80, 80, 90, 90), box(5, 60, 15, 70)])
+    logits = [torch.tensor([[5.0, 4.0, 3.0, 2.0, 50.0]]), torch.tensor([[31.0, 30.0, 1.0, 0.5]])]
+    deltas = [torch.zeros(1, 5, 4), torch.zeros(1, 4, 4)]
+    proposals = _rpn(pre_topk=3, post_topk=4).find_top_proposals([level0, level1], logits, deltas, [(100, 100)])[0]
+    # level 0 keeps its top 3 (50, 5, 4) and drops the box left empty by clipping; level 1 keeps 31, 30, 1
+    # and NMS removes 30 (it overlaps 31); the same box on two levels survives (NMS is per level); the
+    # image keeps its top 4, sorted by logit.
+    assert proposals["objectness_logits"].tolist() == [31.0, 5.0, 4.0, 1.0]
+    assert proposals["boxes"].tolist() == [box(0, 0, 10, 10), box(0, 0, 10, 10), box(20, 20, 30, 30),
+                                           box(80, 80, 90, 90)]
+
+
+def test_box_inference_keeps_scores_above_threshold_tiny_boxes_and_top_k_after_per_class_nms():
+    from torchvision.models.detection._utils import BoxCoder
+
+    from ifr.modeling.box_head import FastRCNNOutputLayers
+
+    head = FastRCNNOutputLayers(4, 2, BoxCoder((10.0, 10.0, 5.0, 5.0)), cls_agnostic_bbox_reg=True,
+                                detections_per_image=3)
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.5], [30, 30, 30.005, 30.005], [50, 50, 60, 60],
+                          [70, 70, 80, 80]], dtype=torch.float32)
+    probs = torch.tensor([[0.90, 0.05, 0.05],    # class 0
+                          [0.80, 0.15, 0.05],    # class 0 overlaps the first: suppressed; class 1 kept
+                          [0.60, 0.00, 0.40],    # a 0.005-pixel box: kept (no small-box removal)
+                          [0.05, 0.00, 0.95],    # score exactly 0.05: not above the threshold
+                          [0.02, 0.10, 0.88]])   # class 1, 0.10: beyond the top 3
+    out = head.inference(boxes, probs, (100, 100))
+    assert out["scores"].tolist() == pytest.approx([0.90, 0.60, 0.15])
+    assert out["classes"].tolist() == [0, 0, 1]
+    assert out["boxes"][1].tolist() == pytest.approx([30, 30, 30.005, 30.005])
