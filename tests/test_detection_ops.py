@@ -137,7 +137,7 @@ def test_bad_model_config_values_are_config_errors():
         WarmupMultiStepLR(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), [80, 60])
 
 
-def _rpn(pre_topk: int, post_topk: int) -> "RPN":
+def _rpn(pre_topk: int, post_topk: int):
     from ifr.modeling.rpn import RPN, StandardRPNHead
 
     rpn = RPN(["p2", "p3"], StandardRPNHead(8, 1), DefaultAnchorGenerator([[32], [64]], [[1.0]], [4, 8]),
