@@ -19,7 +19,9 @@ def _train(folder, output_root, monkeypatch, extra=()):
     monkeypatch.setenv("IFR_OUTPUT_ROOT", str(output_root))
     quickstart.main(["--experiment", os.path.join(ROOT, folder), "--max-iter", str(MAX_ITER), "--no-progress",
                      *TINY, *extra])
-    out = os.path.join(str(output_root), "quickstart")
+    out = quickstart.quickstart_output_dir(os.path.join(ROOT, folder))
+    name = os.path.basename(os.path.normpath(str(folder)))
+    assert os.path.basename(out) == ("quickstart" if name == FOLDERS["ifr"] else f"quickstart-{name}")
     with open(os.path.join(out, "metrics.json")) as f:
         return out, [json.loads(line) for line in f]
 

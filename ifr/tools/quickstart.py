@@ -9,7 +9,8 @@ evaluates the model a previous run trained.
 It is the IFR experiment folder's config with ``small_model_overrides()`` on top (ResNet-18 with
 GroupNorm trained from scratch, 128-px images, 3 classes, a short schedule). ``--experiment FOLDER``
 runs the same small job with another experiment folder's model (e.g. a copied folder, to smoke-test
-an ablation). Outputs go to ``$IFR_OUTPUT_ROOT/quickstart`` (default: ``output/quickstart``).
+an ablation). Outputs go to ``$IFR_OUTPUT_ROOT/quickstart`` (default: ``output/quickstart``), or
+``.../quickstart-<folder name>`` with ``--experiment``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,17 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 IFR_EXPERIMENT = os.path.join(_PROJECT_ROOT, "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x")
 
 
-def small_model_overrides(max_iter: int, num_workers: int = 2) -> dict:
+def quickstart_output_dir(experiment: str = IFR_EXPERIMENT) -> str:
+    """``$IFR_OUTPUT_ROOT/quickstart`` (default ``output/quickstart``) for the IFR folder, and
+    ``.../quickstart-<folder name>`` for any other, so small runs of different models never share
+    (or resume from) each other's checkpoints."""
+    root = os.environ.get("IFR_OUTPUT_ROOT", os.path.join(_PROJECT_ROOT, "output"))
+    name = os.path.basename(os.path.normpath(os.path.abspath(experiment)))
+    same = os.path.abspath(experiment) == os.path.abspath(IFR_EXPERIMENT)
+    return os.path.join(root, "quickstart" if same else f"quickstart-{name}")
+
+
+def small_model_overrides(max_iter: int, num_workers: int = 2, experiment: str = IFR_EXPERIMENT) -> dict:
     """A CPU-sized IFR Mask R-CNN on the synthetic shapes. No ImageNet weights exist offline, so the
     backbone (ResNet-18, GroupNorm, nothing frozen) trains from scratch; anchors are halved for the
     small objects; the mask head trains unrolled for 80% of the run, then with the implicit solve and
@@ -55,14 +66,14 @@ def small_model_overrides(max_iter: int, num_workers: int = 2) -> dict:
             TEST_PIPELINES=[("ResizeShortestEdge", dict(short_edge_length=128, max_size=240, sample_style="choice"))],
         )),
         DATALOADER=dict(NUM_WORKERS=num_workers),
-        OUTPUT_DIR=os.path.join(os.environ.get("IFR_OUTPUT_ROOT", os.path.join(_PROJECT_ROOT, "output")), "quickstart"),
+        OUTPUT_DIR=quickstart_output_dir(experiment),
         SEED=0,
     )
 
 
 def run(args) -> None:
     config, build_model = load_experiment(args.experiment)
-    config.merge(small_model_overrides(args.max_iter))
+    config.merge(small_model_overrides(args.max_iter, experiment=args.experiment))
     config.merge_from_list(args.opts)
     default_setup(config, args)
     if args.eval_only:  # re-evaluate the trained model (e.g. to time inference on an idle machine)

@@ -48,7 +48,7 @@ def load_trained_model(args) -> tuple[object, nn.Module]:
     folder = args.experiment or (IFR_EXPERIMENT if args.quickstart else os.getcwd())
     config, build_model = load_experiment(folder)
     if args.quickstart:
-        config.merge(small_model_overrides(max_iter=0))
+        config.merge(small_model_overrides(max_iter=0, experiment=folder))
         config.MODEL.WEIGHTS = os.path.join(config.OUTPUT_DIR, "model_final.pth")
     config.merge_from_list(args.opts)
     setup_logger(None)
