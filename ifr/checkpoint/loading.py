@@ -148,16 +148,16 @@ def load_checkpoint_into_model(model: nn.Module, checkpoint: dict, source: str, 
     source_format = naming.detect_format(state)
     state, dropped = naming.convert_to_ifr(state, source_format)
     own = model.state_dict()
-    report = LoadReport(source, source_format, dropped=dropped,
-                        unexpected=sorted(set(state) - set(own)), missing=sorted(set(own) - set(state)))
+    report = LoadReport(source, source_format, dropped=dropped, unexpected=sorted(set(state) - set(own)))
     if not set(state) & set(own):
         raise CheckpointError(f"{source} shares no parameter names with this model (first keys: "
                               f"{list(state)[:3]}); it is a checkpoint of a different model")
     convention = _convention_for(source_format, checkpoint.get("__author__"))
-    if convention is not None and convention.mismatches(model):
-        raise CheckpointError(
-            f"{source} holds {convention.name} weights, but the model is configured differently: "
-            + "; ".join(convention.mismatches(model)) + ". Add these overrides: " + " ".join(convention.overrides()))
+    mismatches = convention.mismatches(model) if convention is not None else []
+    if mismatches:
+        raise CheckpointError(f"{source} holds {convention.name} weights, but the model is configured differently: "
+                              + "; ".join(mismatches) + ". Add these overrides: " + " ".join(convention.overrides()))
+    absent = sorted(set(own) - set(state))
     matched = {}
     for key in sorted(set(state) & set(own)):
         theirs, ours = tuple(state[key].shape), tuple(own[key].shape)
@@ -166,16 +166,16 @@ def load_checkpoint_into_model(model: nn.Module, checkpoint: dict, source: str, 
         else:
             report.skipped_shapes.append((key, theirs, ours))
     backbone_mismatches = [s for s in report.skipped_shapes if s[0].startswith("backbone.")]
-    if backbone_mismatches or (strict and (report.skipped_shapes or report.missing or report.unexpected)):
+    if backbone_mismatches or (strict and (report.skipped_shapes or absent or report.unexpected)):
         problems = [f"{k}: {t} in the checkpoint, {o} in the model" for k, t, o in report.skipped_shapes]
-        problems += [f"missing: {group_keys(report.missing)}"] if strict and report.missing else []
+        problems += [f"missing: {group_keys(absent)}"] if strict and absent else []
         problems += [f"unexpected: {group_keys(report.unexpected)}"] if strict and report.unexpected else []
         raise CheckpointError(f"{source} does not fit this model ({source_format} names): " + "; ".join(problems)
                               + ". Check that the experiment folder and its config (DEPTH, NUM_CLASSES, mask head) "
                               "match the checkpoint")
     model.load_state_dict(matched, strict=False)
     report.loaded = sorted(matched)
-    report.missing = sorted(set(own) - set(matched))
+    report.missing = sorted(set(own) - set(matched))  # absent, or skipped for their shape
     report.log()
     return report
 
