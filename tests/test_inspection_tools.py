@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -107,16 +108,30 @@ def test_convergence_traces_have_one_row_per_step():
 
 def test_compute_knob_table_has_a_finite_row_per_setting(trained, capsys):
     settings = ["broyden:2:1e-5", "fixed_point:3:1e-5", "unrolled:4"]
-    compute_knob.main(["--quickstart", "--no-progress", "--settings", *settings, *TINY])
+    compute_knob.main(["--quickstart", "--no-progress", "--settings", *settings, "--reference", "broyden:40:1e-6",
+                       *TINY])
     lines = capsys.readouterr().out.splitlines()
     header = max(i for i, line in enumerate(lines) if line.startswith("| setting"))
-    rows = [line for line in lines[header + 2:] if line.startswith("| ")]
-    assert [r.split("|")[1].strip() for r in rows] == settings
-    for row in rows:
-        numbers = [float(cell) for cell in row.split("|")[2:-1]]
-        assert len(numbers) == 5 and all(math.isfinite(n) for n in numbers)
-    steps = [float(r.split("|")[4]) for r in rows]
-    assert steps[2] == 4.0 and 0 < steps[0] <= 2 and 0 < steps[1] <= 3
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[header + 2:] if line.startswith("| ")]
+    assert [r[0] for r in rows] == settings + ["broyden:40:1e-6 (reference)"]
+    numbers = [[float(cell) for cell in r[1:]] for r in rows]
+    assert all(len(n) == 7 and all(math.isfinite(x) for x in n) for n in numbers)
+    min_iou, mean_iou, steps = [n[2] for n in numbers], [n[3] for n in numbers], [n[4] for n in numbers]
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(min_iou, mean_iou))
+    assert min_iou[-1] == 1.0 and steps[2] == 4.0 and 0 < steps[0] <= 2 and 0 < steps[1] <= 3
+
+
+def test_instance_mask_ious_compare_the_same_instances():
+    from pycocotools import mask as mask_util
+
+    def rles(*masks):
+        return mask_util.encode(np.asfortranarray(np.stack(masks, axis=2).astype(np.uint8)))
+
+    full, half, empty = np.ones((4, 4)), np.pad(np.ones((4, 2)), ((0, 0), (0, 2))), np.zeros((4, 4))
+    ious = compute_knob.instance_mask_ious({7: rles(full, half, empty)}, {7: rles(half, half, empty)})
+    assert ious == [0.5, 1.0, 1.0]
+    with pytest.raises(RuntimeError, match="image 7: 1 detections, 3 in the reference"):
+        compute_knob.instance_mask_ious({7: rles(full)}, {7: rles(half, half, empty)})
 
 
 def test_solve_setting_parsing_and_restoring(trained):
