@@ -33,6 +33,9 @@ _BLOCK_PARTS = (
 _FPN_PARTS = (("fpn_lateral", "inner_blocks"), ("fpn_output", "layer_blocks"))
 _FIRST_FPN_LEVEL = 2  # fpn_lateral2 (res2) is the FPN's first input: inner_blocks.0
 _MASK_BLOCK = ("roi_heads.mask_head.repeat_block.", "roi_heads.mask_head.refinement.block.")
+# Whole-prefix renames, cvpods -> ours (the stem's norm before the stem conv: longest first).
+_PREFIXES = (("backbone.bottom_up.stem.conv1.norm.", "backbone.body.bn1."),
+             ("backbone.bottom_up.stem.conv1.", "backbone.body.conv1."), _MASK_BLOCK)
 # The original IFR head's state dict repeats its block: a frozen, one-step-stale copy used only by its
 # backward solve, and the DEQ wrapper's references to both blocks. None of it carries information.
 _MASK_HEAD_ALIASES = ("roi_heads.mask_head.repeat_block_copy.", "roi_heads.mask_head.deq.func.",
@@ -68,14 +71,21 @@ def is_mask_head_alias(cvpods_key: str) -> bool:
     return cvpods_key.startswith(_MASK_HEAD_ALIASES)
 
 
+def _replace_prefix(key: str, pairs) -> str | None:
+    """``key`` with the first matching ``(old, new)`` prefix replaced, or None if none matches."""
+    for old, new in pairs:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
 def cvpods_to_ifr_key(key: str) -> str:
     """One cvpods key -> this project's key (unchanged where both schemes agree)."""
     if key.startswith(("stem.", "res")):
         key = "backbone.bottom_up." + key
-    if key.startswith("backbone.bottom_up.stem.conv1.norm."):
-        return "backbone.body.bn1." + key[len("backbone.bottom_up.stem.conv1.norm."):]
-    if key.startswith("backbone.bottom_up.stem.conv1."):
-        return "backbone.body.conv1." + key[len("backbone.bottom_up.stem.conv1."):]
+    renamed = _replace_prefix(key, _PREFIXES)
+    if renamed is not None:
+        return renamed
     match = re.fullmatch(r"backbone\.bottom_up\.res(\d)\.(\d+)\.(.+)", key)
     if match:
         stage, block, rest = int(match[1]), match[2], match[3]
@@ -86,17 +96,14 @@ def cvpods_to_ifr_key(key: str) -> str:
     if match:
         blocks = dict(_FPN_PARTS)[match[1]]
         return f"backbone.fpn.{blocks}.{int(match[2]) - _FIRST_FPN_LEVEL}.0.{match[3]}"
-    if key.startswith(_MASK_BLOCK[0]):
-        return _MASK_BLOCK[1] + key[len(_MASK_BLOCK[0]):]
     return key
 
 
 def ifr_to_cvpods_key(key: str) -> str:
     """One key of this project's model -> its cvpods name (the inverse of ``cvpods_to_ifr_key``)."""
-    if key.startswith("backbone.body.bn1."):
-        return "backbone.bottom_up.stem.conv1.norm." + key[len("backbone.body.bn1."):]
-    if key.startswith("backbone.body.conv1."):
-        return "backbone.bottom_up.stem.conv1." + key[len("backbone.body.conv1."):]
+    renamed = _replace_prefix(key, [(new, old) for old, new in _PREFIXES])
+    if renamed is not None:
+        return renamed
     match = re.fullmatch(r"backbone\.body\.layer(\d)\.(\d+)\.(.+)", key)
     if match:
         stage, block, rest = int(match[1]), match[2], match[3]
@@ -107,8 +114,6 @@ def ifr_to_cvpods_key(key: str) -> str:
     if match:
         prefix = {tv: cv for cv, tv in _FPN_PARTS}[match[1]]
         return f"backbone.{prefix}{int(match[2]) + _FIRST_FPN_LEVEL}.{match[3]}"
-    if key.startswith(_MASK_BLOCK[1]):
-        return _MASK_BLOCK[0] + key[len(_MASK_BLOCK[1]):]
     return key
 
 
