@@ -7,12 +7,17 @@ from ifr.deq import SOLVERS, SolverConfig, broyden_solve, fixed_point_solve, get
 SOLVER_NAMES = sorted(set(SOLVERS) - {"broyden_cvpods"})
 
 
-def _linear_problem(batch: int, dim: int, spectral_radius: float, dtype=torch.float64):
-    """Per-sample z = A z + b with A's spectral radius set, and its float64 reference solution."""
+def _linear_coefficients(batch: int, dim: int, spectral_radius):
+    """Per-sample A (B, D, D) with spectral radius ``spectral_radius`` (a number or one per sample), b (B, D)."""
     a = torch.randn(batch, dim, dim, dtype=torch.float64)
     radius = torch.linalg.eigvals(a).abs().amax(dim=1).view(-1, 1, 1)
-    a = a * (spectral_radius / radius)
-    b = torch.randn(batch, dim, dtype=torch.float64)
+    a = a * (torch.as_tensor(spectral_radius, dtype=torch.float64).view(-1, 1, 1) / radius)
+    return a, torch.randn(batch, dim, dtype=torch.float64)
+
+
+def _linear_problem(batch: int, dim: int, spectral_radius: float, dtype=torch.float64):
+    """Per-sample z = A z + b with A's spectral radius set, and its float64 reference solution."""
+    a, b = _linear_coefficients(batch, dim, spectral_radius)
     reference = torch.linalg.solve(torch.eye(dim, dtype=torch.float64) - a, b)
     a, b = a.to(dtype), b.to(dtype)
     return (lambda z: torch.einsum("bij,bj->bi", a, z) + b), reference
@@ -133,3 +138,36 @@ def test_solver_config_validates_and_dispatches():
     z, stats = config.solve(f, torch.zeros(2, 6, dtype=torch.float64))
     assert torch.allclose(z, reference, atol=1e-9)
     assert stats.trace.shape == (stats.iterations + 1, 2)
+
+
+class _CountingMap:
+    """Per-sample linear map z -> A z + b that can be restricted to a subset of the samples, and
+    counts how many sample evaluations the solver asked for."""
+
+    def __init__(self, a, b):
+        self.a, self.b, self.evaluated = a, b, 0
+
+    def __call__(self, z):
+        self.evaluated += z.shape[0]
+        return torch.einsum("bij,bj->bi", self.a, z) + self.b
+
+    def restricted(self, index):
+        def on_subset(z):
+            self.evaluated += z.shape[0]
+            return torch.einsum("bij,bj->bi", self.a[index], z) + self.b[index]
+        return on_subset
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_converged_samples_are_not_evaluated_again_and_results_do_not_change(name):
+    torch.manual_seed(3)
+    a, b = _linear_coefficients(3, 10, [0.1, 0.3, 0.6])  # the first sample converges first
+    restrictable = _CountingMap(a, b)
+    plain = lambda z: torch.einsum("bij,bj->bi", a, z) + b  # noqa: E731  (the same map, full batch only)
+    z0 = torch.zeros(3, 10, dtype=torch.float64)
+    z_fast, fast = get_solver(name)(restrictable, z0, max_iter=300, tol=1e-10, stop_mode="abs")
+    z_full, full = get_solver(name)(plain, z0, max_iter=300, tol=1e-10, stop_mode="abs")
+    assert torch.allclose(z_fast, z_full, atol=1e-12, rtol=0) and fast.iterations == full.iterations
+    assert fast.converged.all()
+    # the fast-converging samples dropped out: fewer than (steps + 1) x 3 sample evaluations
+    assert restrictable.evaluated < 3 * (fast.iterations + 1)

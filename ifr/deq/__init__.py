@@ -4,13 +4,13 @@ Depends on torch only; detection code builds on it, never the reverse.
 """
 from .backward import ImplicitBackward, PhantomBackward
 from .block import IFRBlock
-from .layer import MODES, EquilibriumRefinement
+from .layer import MODES, BlockMap, EquilibriumRefinement
 from .solvers import (SOLVERS, SolverConfig, SolverStats, anderson_solve, broyden_solve, cvpods_broyden_solve,
                       fixed_point_solve, get_solver)
 from .weight_norm import WeightNormConv2d
 
 __all__ = [
-    "EquilibriumRefinement", "IFRBlock", "ImplicitBackward", "MODES", "PhantomBackward", "SOLVERS",
+    "BlockMap", "EquilibriumRefinement", "IFRBlock", "ImplicitBackward", "MODES", "PhantomBackward", "SOLVERS",
     "SolverConfig", "SolverStats", "WeightNormConv2d", "anderson_solve", "broyden_solve", "cvpods_broyden_solve",
     "fixed_point_solve", "get_solver",
 ]

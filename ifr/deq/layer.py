@@ -12,6 +12,21 @@ from .solvers import SolverConfig, SolverStats
 MODES = ("unrolled", "implicit", "scheduled")
 
 
+class BlockMap:
+    """z -> block(z, x). The block acts on each sample alone (convolutions and GroupNorm), so the
+    solvers may evaluate it on the samples still being solved only (``restricted``)."""
+
+    def __init__(self, block: nn.Module, x: torch.Tensor):
+        self.block, self.x = block, x
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.block(z, self.x)
+
+    def restricted(self, index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        x = self.x[index]
+        return lambda z: self.block(z, x)
+
+
 class EquilibriumRefinement(nn.Module):
     """Refines x (N, C, H, W) into z (N, C, H, W) with a block ``block(z, x)``.
 
@@ -84,7 +99,7 @@ class EquilibriumRefinement(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             if x.dtype in (torch.float16, torch.bfloat16):
                 x = x.float()
-            f: Callable[[torch.Tensor], torch.Tensor] = lambda z: self.block(z, x)
+            f = BlockMap(self.block, x)
             with torch.no_grad():
                 z_star, self.last_stats = self.solver.solve(f, torch.zeros_like(x))
             if torch.is_grad_enabled() and self._needs_grad(x):

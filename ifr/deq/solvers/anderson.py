@@ -66,8 +66,9 @@ def anderson_solve(
         mixed_f = torch.bmm(alpha, fzs[:, :used]).squeeze(1)
         mixed_z = torch.bmm(alpha, zs[:, :used]).squeeze(1) if damping < 1.0 else mixed_f
         z_new = damping * mixed_f + (1.0 - damping) * mixed_z
-        z = torch.where(progress.active.unsqueeze(1), z_new, z)
-        fz = g_map(z)
+        active = progress.active
+        z = torch.where(active.unsqueeze(1), z_new, z)
+        fz = g_map(z, fz, active)
         steps += 1
         progress.update(z, fz)
         slot = stored % memory

@@ -64,9 +64,10 @@ def broyden_solve(
     update = gz
     steps = 0
     while steps < max_iter and not progress.done():
-        dz = update * progress.active.unsqueeze(1).to(z.dtype)
+        active = progress.active
+        dz = update * active.unsqueeze(1).to(z.dtype)
         z = z + dz
-        fz = g_map(z)
+        fz = g_map(z, fz, active)
         gz_new = fz - z
         dg = gz_new - gz
         gz = gz_new

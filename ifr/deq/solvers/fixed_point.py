@@ -29,8 +29,9 @@ def fixed_point_solve(
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
     steps = 0
     while steps < max_iter and not progress.done():
-        z = torch.where(progress.active.unsqueeze(1), fz, z)
-        fz = g_map(z)
+        active = progress.active
+        z = torch.where(active.unsqueeze(1), fz, z)
+        fz = g_map(z, fz, active)
         steps += 1
         progress.update(z, fz)
     return progress.result(steps, z0.shape)

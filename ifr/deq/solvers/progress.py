@@ -30,10 +30,24 @@ def flatten_batch(z: torch.Tensor) -> torch.Tensor:
 
 
 def flat_map(f, shape: torch.Size):
-    """Wraps ``f`` on tensors of ``shape`` as a map on their (B, D) flattening."""
+    """Wraps ``f`` on tensors of ``shape`` as a map on their (B, D) flattening.
 
-    def mapped(z_flat: torch.Tensor) -> torch.Tensor:
-        return flatten_batch(f(z_flat.view(shape)))
+    ``mapped(z)`` evaluates every sample. ``mapped(z, previous, active)`` evaluates only the samples
+    still being solved (``active``, (B,) bool) when ``f`` offers ``f.restricted(index)`` (the map on
+    those samples alone), and gives the others their ``previous`` value: a frozen sample's z has not
+    moved, so its f(z) is unchanged, and converged RoIs cost nothing while the rest are solved.
+    """
+    restrictable = hasattr(f, "restricted")
+
+    def mapped(z_flat: torch.Tensor, previous: torch.Tensor | None = None,
+               active: torch.Tensor | None = None) -> torch.Tensor:
+        if previous is None or not restrictable or bool(active.all()):
+            return flatten_batch(f(z_flat.view(shape)))
+        index = active.nonzero().squeeze(1)
+        out = previous.clone()
+        if index.numel() > 0:
+            out[index] = flatten_batch(f.restricted(index)(z_flat[index].view(-1, *shape[1:])))
+        return out
 
     return mapped
 
