@@ -112,6 +112,19 @@ def test_protective_break_on_divergence(name):
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
+def test_runaway_iterates_are_caught_in_relative_stop_mode_too(name):
+    # f(z) = 3 z + 1 moves away from its fixed point -1/2; ||f(z) - z|| / ||f(z)|| tends to 2/3 and
+    # would not flag it, the absolute residual does (and ranks the start as the best iterate)
+    z, stats = get_solver(name)(lambda z: 3 * z + 1, torch.zeros(2, 3, dtype=torch.float64), max_iter=20,
+                                tol=1e-12, stop_mode="rel", divergence_ratio=100.0)
+    if name == "fixed_point":
+        assert stats.diverged.all() and stats.iterations < 20
+        assert (z == 0).all()
+    else:  # the quasi-Newton solvers are exact on an affine map: they find -1/2 instead
+        assert torch.allclose(z, torch.full((2, 3), -0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_non_finite_map_is_stopped_and_reported(name):
     f = lambda z: z + 1.0 + torch.sqrt(-z)  # NaN as soon as z > 0
     z, stats = get_solver(name)(f, torch.zeros(2, 3), max_iter=10, tol=1e-6)

@@ -59,8 +59,11 @@ class SolveProgress:
         z, fz: (B, D) initial guess and the map's value there.
         tol, stop_mode: a sample converges when its residual (absolute ``||f(z) - z||`` or relative
             ``||f(z) - z|| / ||f(z)||``) is below ``tol``.
-        divergence_ratio: protective break: a sample whose residual exceeds this multiple of its
-            initial residual, or becomes non-finite, is stopped and keeps its best iterate.
+        divergence_ratio: protective break: a sample whose absolute residual exceeds this multiple of
+            its initial one, or becomes non-finite, is stopped and keeps its best iterate.
+
+    The best iterate is the one with the lowest absolute residual, whatever the stop mode: a relative
+    residual also falls when the iterate runs away (f(z) grows with z), so it cannot rank iterates.
     """
 
     def __init__(self, z: torch.Tensor, fz: torch.Tensor, tol: float, stop_mode: str,
@@ -70,8 +73,7 @@ class SolveProgress:
         self.divergence_ratio = divergence_ratio
         abs_res, rel_res = self._residuals(z, fz)
         measure = self._measure(abs_res, rel_res)
-        self.initial = measure
-        self.best_measure = measure.clone()
+        self.initial_abs = abs_res
         self.best_abs = abs_res.clone()
         self.best_rel = rel_res.clone()
         self.best_z = z.clone()
@@ -101,13 +103,12 @@ class SolveProgress:
         active = self.active
         abs_res, rel_res = self._residuals(z, fz)
         measure = self._measure(abs_res, rel_res)
-        improved = active & (measure < self.best_measure)
-        self.best_measure = torch.where(improved, measure, self.best_measure)
+        improved = active & (abs_res < self.best_abs)
         self.best_abs = torch.where(improved, abs_res, self.best_abs)
         self.best_rel = torch.where(improved, rel_res, self.best_rel)
         self.best_z = torch.where(improved.unsqueeze(1), z, self.best_z)
         self.converged = self.converged | (active & (measure < self.tol))
-        blown_up = ~torch.isfinite(measure) | (measure > self.divergence_ratio * self.initial)
+        blown_up = ~torch.isfinite(measure) | (abs_res > self.divergence_ratio * self.initial_abs)
         self.diverged = self.diverged | (active & ~self.converged & blown_up)
         self.trace.append(torch.where(active, abs_res, self.trace[-1]))
 
