@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 class WorkerError(UserError):
     """A worker process of a multi-process job failed or died."""
 
+
 # How long a collective may wait for a slow peer before the job fails instead of hanging forever.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -67,21 +68,26 @@ def _record_failure(error_dir: str, rank: int, error: BaseException) -> None:
     os.replace(path + ".tmp", path)  # whole or absent, even if this process is terminated meanwhile
 
 
-def _worker(local_rank: int, main: Callable, args: tuple, world_size: int, num_per_machine: int,
-            machine_rank: int, init_method: str, error_dir: str) -> None:
-    rank = machine_rank * num_per_machine + local_rank
+def _run_in_group(rank: int, world_size: int, local_rank: int, init_method: str, main: Callable, args: tuple,
+                  error_dir: str | None = None) -> None:
+    """Joins the process group, runs ``main(*args)`` and leaves the group; a failure is recorded in
+    ``error_dir`` (the ``except`` runs before the ``finally``, so before the group is torn down)."""
     try:
         _init(rank, world_size, local_rank, init_method)
-    except BaseException as e:
-        _record_failure(error_dir, rank, e)
-        raise
-    try:
         main(*args)
     except BaseException as e:
-        _record_failure(error_dir, rank, e)
+        if error_dir is not None:
+            _record_failure(error_dir, rank, e)
         raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _worker(local_rank: int, main: Callable, args: tuple, world_size: int, num_per_machine: int,
+            machine_rank: int, init_method: str, error_dir: str) -> None:
+    _run_in_group(machine_rank * num_per_machine + local_rank, world_size, local_rank, init_method, main, args,
+                  error_dir)
 
 
 def _first_failure(context, error_dir: str, machine_rank: int, num_per_machine: int) -> str:
@@ -111,11 +117,8 @@ def launch(main: Callable, num_per_machine: int, num_machines: int = 1, machine_
     ``dist_url``: ``tcp://HOST:PORT`` of machine 0, or "auto" (a free local port; one machine only).
     """
     if started_by_torchrun():
-        _init(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), "env://")
-        try:
-            main(*args)
-        finally:
-            dist.destroy_process_group()
+        _run_in_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+                      "env://", main, args)
         return
     world_size = num_per_machine * num_machines
     if num_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
