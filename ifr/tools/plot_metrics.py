@@ -17,10 +17,14 @@ from ifr.visualization import plot_training_curves
 from .experiment import run_reporting_user_errors
 
 
+def metrics_file(path: str) -> str:
+    """``path`` itself, or the metrics.json inside it when it is a run's OUTPUT_DIR."""
+    return os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+
+
 def read_metrics(path: str) -> list[dict]:
     """The records of a metrics.json (one JSON object per line)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.json")
+    path = metrics_file(path)
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist: pass a training OUTPUT_DIR or its metrics.json")
     records = []
@@ -36,9 +40,8 @@ def read_metrics(path: str) -> list[dict]:
 
 def run(args) -> None:
     records = read_metrics(args.metrics)
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(
-        os.path.join(args.metrics, "metrics.json") if os.path.isdir(args.metrics) else args.metrics)),
-        "training_curves.png")
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(metrics_file(args.metrics))),
+                                         "training_curves.png")
     try:
         plot_training_curves(records, output)
     except ValueError as e:
