@@ -108,12 +108,11 @@ def scale_to_world_size(cfg, world_size: int) -> None:
                 reference, world_size, solver.IMS_PER_BATCH, sched.MAX_ITER, sched.STEPS, solver.OPTIMIZER.BASE_LR)
 
 
-def seed_all(seed: int) -> int:
+def seed_all(seed: int) -> None:
     """Seeds python, numpy and torch."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return seed
 
 
 def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
