@@ -184,3 +184,52 @@ def test_converged_samples_are_not_evaluated_again_and_results_do_not_change(nam
     assert fast.converged.all()
     # the fast-converging samples dropped out: fewer than (steps + 1) x 3 sample evaluations
     assert restrictable.evaluated < 3 * (fast.iterations + 1)
+
+
+def _dense_broyden_trace(f, z0: torch.Tensor, steps: int, memory: int) -> torch.Tensor:
+    """Reference: good Broyden with an explicit D x D inverse Jacobian per sample, reset to -I after
+    ``memory`` updates; returns the residual norms of z0 and of every step, (steps + 1, B)."""
+    batch, dim = z0.shape
+    eye = torch.eye(dim, dtype=z0.dtype).expand(batch, dim, dim)
+    h, updates = -eye.clone(), 0
+    z = z0.clone()
+    g = f(z) - z
+    trace = [g.norm(dim=1)]
+    for _ in range(steps):
+        dz = -torch.einsum("bij,bj->bi", h, g)
+        z = z + dz
+        g_new = f(z) - z
+        dg, g = g_new - g, g_new
+        trace.append(g.norm(dim=1))
+        if updates == memory:
+            h, updates = -eye.clone(), 0
+            continue
+        dz_h = torch.einsum("bi,bij->bj", dz, h)
+        h_dg = torch.einsum("bij,bj->bi", h, dg)
+        h = h + torch.einsum("bi,bj->bij", dz - h_dg, dz_h) / (dz_h * dg).sum(dim=1).view(-1, 1, 1)
+        updates += 1
+    return torch.stack(trace)
+
+
+@pytest.mark.parametrize("memory", [3, 30])
+def test_broyden_steps_match_a_dense_inverse_jacobian_reference(memory):
+    torch.manual_seed(4)
+    w = torch.randn(3, 10, 10, dtype=torch.float64) * 0.4
+    c = torch.randn(3, 10, dtype=torch.float64)
+    f = lambda z: torch.tanh(torch.einsum("bij,bj->bi", w, z) + c)  # noqa: E731
+    z0 = torch.zeros(3, 10, dtype=torch.float64)
+    _, stats = broyden_solve(f, z0, max_iter=12, tol=0.0, stop_mode="abs", memory=memory)
+    reference = _dense_broyden_trace(f, z0, 12, memory)
+    assert torch.allclose(stats.trace, reference, rtol=1e-8, atol=1e-13)
+
+
+def test_damped_anderson_with_memory_one_is_damped_iteration():
+    f, _ = _linear_problem(batch=2, dim=6, spectral_radius=0.9)
+    z = torch.zeros(2, 6, dtype=torch.float64)
+    expected = [(f(z) - z).norm(dim=1)]
+    for _ in range(8):
+        z = 0.5 * f(z) + 0.5 * z
+        expected.append((f(z) - z).norm(dim=1))
+    _, stats = get_solver("anderson")(f, torch.zeros(2, 6, dtype=torch.float64), max_iter=8, tol=0.0,
+                                      stop_mode="abs", memory=1, damping=0.5)
+    assert torch.allclose(stats.trace, torch.stack(expected), rtol=1e-10, atol=0)

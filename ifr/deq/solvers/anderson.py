@@ -9,22 +9,57 @@ from .progress import SolveProgress, check_solver_arguments, flat_map, flatten_b
 from .stats import SolverStats
 
 
-def _mixing_weights(residuals: torch.Tensor, regularization: float) -> torch.Tensor:
+def _mixing_weights(gram: torch.Tensor, regularization: float) -> torch.Tensor:
     """Weights alpha (B, n) minimising ||sum_i alpha_i r_i|| subject to sum_i alpha_i = 1.
 
-    residuals: (B, n, D). The small n x n Gram system is solved in float64; the Tikhonov term is
-    relative to the Gram matrix's scale so the solver does not depend on the units of z.
+    gram: (B, n, n) float64 Gram matrix of the residuals r_i. The Tikhonov term is relative to the
+    Gram matrix's scale so the solver does not depend on the units of z.
     """
-    # Frozen diverged samples may carry non-finite values; they must not poison the solve.
-    r = torch.nan_to_num(residuals.double(), nan=0.0, posinf=0.0, neginf=0.0)
-    gram = torch.bmm(r, r.transpose(1, 2))
     n = gram.shape[-1]
     scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
     eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-    gram = gram + (regularization * scale).view(-1, 1, 1) * eye
+    regularized = gram + (regularization * scale).view(-1, 1, 1) * eye
     ones = torch.ones(gram.shape[0], n, 1, dtype=gram.dtype, device=gram.device)
-    w = torch.linalg.solve(gram, ones).squeeze(2)
-    return (w / w.sum(dim=1, keepdim=True)).to(residuals.dtype)
+    w = torch.linalg.solve(regularized, ones).squeeze(2)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+class _History:
+    """The last ``slots`` values f(z_i) and residuals r_i = f(z_i) - z_i, with the residuals' Gram matrix
+    kept up to date one row per step. Residuals and Gram matrix are float64: the small least-squares
+    system becomes ill-conditioned as the residuals shrink."""
+
+    def __init__(self, z: torch.Tensor, slots: int):
+        batch, dim = z.shape
+        self.slots, self.stored = slots, 0
+        self.values = z.new_empty(batch, slots, dim)
+        self.residuals = z.new_empty(batch, slots, dim, dtype=torch.float64)
+        self.gram = z.new_zeros(batch, slots, slots, dtype=torch.float64)
+
+    @property
+    def used(self) -> int:
+        return min(self.stored, self.slots)
+
+    def add(self, z: torch.Tensor, fz: torch.Tensor) -> None:
+        slot = self.stored % self.slots
+        # Frozen diverged samples may carry non-finite values; they must not poison the solve.
+        residual = torch.nan_to_num((fz - z).double(), nan=0.0, posinf=0.0, neginf=0.0)
+        self.values[:, slot] = fz
+        self.residuals[:, slot] = residual
+        self.stored += 1
+        row = torch.bmm(residual.unsqueeze(1), self.residuals[:, :self.used].transpose(1, 2)).squeeze(1)
+        self.gram[:, slot, :self.used] = row
+        self.gram[:, :self.used, slot] = row
+
+    def mix(self, regularization: float, damping: float) -> torch.Tensor:
+        """damping * sum_i a_i f(z_i) + (1 - damping) * sum_i a_i z_i with the optimal weights a."""
+        used = self.used
+        alpha = _mixing_weights(self.gram[:, :used, :used], regularization).unsqueeze(1)
+        mixed = torch.bmm(alpha.to(self.values.dtype), self.values[:, :used]).squeeze(1)
+        if damping < 1.0:  # sum a_i z_i = sum a_i f(z_i) - sum a_i r_i
+            mixed_residual = torch.bmm(alpha, self.residuals[:, :used]).squeeze(1)
+            mixed = mixed - (1.0 - damping) * mixed_residual.to(mixed.dtype)
+        return mixed
 
 
 def anderson_solve(
@@ -42,7 +77,8 @@ def anderson_solve(
     """Solves z = f(z) by Anderson acceleration over the last ``memory`` iterates.
 
     Each step mixes the stored values: z <- damping * sum a_i f(z_i) + (1 - damping) * sum a_i z_i,
-    with the weights a minimising the mixed residual. Same interface and return value as
+    with the weights a minimising the mixed residual. Cost per step: one evaluation of ``f`` and about
+    three passes over the ``memory`` stored values. Same interface and return value as
     ``broyden_solve``.
     """
     check_solver_arguments(max_iter, tol, stop_mode)
@@ -54,24 +90,15 @@ def anderson_solve(
     z = flatten_batch(z0).clone()
     fz = g_map(z)
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
-    batch, dim = z.shape
-    zs = z.new_zeros(batch, memory, dim)
-    fzs = z.new_zeros(batch, memory, dim)
-    zs[:, 0], fzs[:, 0] = z, fz
-    stored = 1
+    history = _History(z, min(memory, max_iter + 1))
+    history.add(z, fz)
     steps = 0
     while steps < max_iter and not progress.done():
-        used = min(stored, memory)
-        alpha = _mixing_weights(fzs[:, :used] - zs[:, :used], regularization).unsqueeze(1)
-        mixed_f = torch.bmm(alpha, fzs[:, :used]).squeeze(1)
-        mixed_z = torch.bmm(alpha, zs[:, :used]).squeeze(1) if damping < 1.0 else mixed_f
-        z_new = damping * mixed_f + (1.0 - damping) * mixed_z
         active = progress.active
-        z = torch.where(active.unsqueeze(1), z_new, z)
+        z = torch.where(active.unsqueeze(1), history.mix(regularization, damping), z)
         fz = g_map(z, fz, active)
         steps += 1
         progress.update(z, fz)
-        slot = stored % memory
-        zs[:, slot], fzs[:, slot] = z, fz
-        stored += 1
+        if steps < max_iter:
+            history.add(z, fz)
     return progress.result(steps, z0.shape)

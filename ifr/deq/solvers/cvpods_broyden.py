@@ -18,12 +18,22 @@ from typing import Callable
 
 import torch
 
-from .broyden import _apply_inverse_jacobian, _apply_inverse_jacobian_transposed
+from .broyden import _low_rank_product
 from .progress import check_solver_arguments, flat_map, flatten_batch
 from .stats import SolverStats
 
 # The original caps its rank-one memory at min(max_iter, 27).
 _MAX_MEMORY = 27
+
+
+def _inverse_jacobian_times(us: torch.Tensor, vts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """H x with H = -I + sum_i u_i v_i^T.  us, vts: (B, k, D); x: (B, D)."""
+    return _low_rank_product(us, vts, x) - x
+
+
+def _times_inverse_jacobian(us: torch.Tensor, vts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x^T H, as a (B, D) tensor."""
+    return _low_rank_product(vts, us, x) - x
 
 
 def cvpods_broyden_solve(
@@ -87,12 +97,12 @@ def cvpods_broyden_solve(
             diverged = True
             break
         used = min(steps - 1, memory)
-        vt = _apply_inverse_jacobian_transposed(us[:, :used], vts[:, :used], dz)
-        u = (dz - _apply_inverse_jacobian(us[:, :used], vts[:, :used], dg)) / (vt * dg).sum(dim=1, keepdim=True)
+        vt = _times_inverse_jacobian(us[:, :used], vts[:, :used], dz)
+        u = (dz - _inverse_jacobian_times(us[:, :used], vts[:, :used], dg)) / (vt * dg).sum(dim=1, keepdim=True)
         # The original zeroes NaNs only (a 0/0 update); infinities pass through as they did there.
         us[:, (steps - 1) % memory] = torch.where(torch.isnan(u), torch.zeros_like(u), u)
         vts[:, (steps - 1) % memory] = torch.where(torch.isnan(vt), torch.zeros_like(vt), vt)
-        update = -_apply_inverse_jacobian(us[:, :min(steps, memory)], vts[:, :min(steps, memory)], gz)
+        update = -_inverse_jacobian_times(us[:, :min(steps, memory)], vts[:, :min(steps, memory)], gz)
     abs_residual = (best_fz - best_z).norm(dim=1)
     flags = torch.ones(batch, dtype=torch.bool, device=z.device)
     stats = SolverStats(

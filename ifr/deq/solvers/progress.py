@@ -67,11 +67,11 @@ class SolveProgress:
     """
 
     def __init__(self, z: torch.Tensor, fz: torch.Tensor, tol: float, stop_mode: str,
-                 divergence_ratio: float):
+                 divergence_ratio: float, gz: torch.Tensor | None = None):
         self.tol = tol
         self.stop_mode = stop_mode
         self.divergence_ratio = divergence_ratio
-        abs_res, rel_res = self._residuals(z, fz)
+        abs_res, rel_res = self._residuals(z, fz, gz)
         measure = self._measure(abs_res, rel_res)
         self.initial_abs = abs_res
         self.best_abs = abs_res.clone()
@@ -82,8 +82,9 @@ class SolveProgress:
         self.trace = [abs_res]
 
     @staticmethod
-    def _residuals(z: torch.Tensor, fz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        abs_res = (fz - z).norm(dim=1)
+    def _residuals(z: torch.Tensor, fz: torch.Tensor,
+                   gz: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        abs_res = (fz - z if gz is None else gz).norm(dim=1)
         rel_res = abs_res / (fz.norm(dim=1) + 1e-12)
         return abs_res, rel_res
 
@@ -98,10 +99,11 @@ class SolveProgress:
     def done(self) -> bool:
         return not bool(self.active.any())
 
-    def update(self, z: torch.Tensor, fz: torch.Tensor) -> None:
-        """Records the new iterate ``z`` (with ``fz = f(z)``) of the samples that are still active."""
+    def update(self, z: torch.Tensor, fz: torch.Tensor, gz: torch.Tensor | None = None) -> None:
+        """Records the new iterate ``z`` (with ``fz = f(z)``, and ``gz = fz - z`` if the solver has it)
+        of the samples that are still active."""
         active = self.active
-        abs_res, rel_res = self._residuals(z, fz)
+        abs_res, rel_res = self._residuals(z, fz, gz)
         measure = self._measure(abs_res, rel_res)
         improved = active & (abs_res < self.best_abs)
         self.best_abs = torch.where(improved, abs_res, self.best_abs)
