@@ -114,3 +114,27 @@ def test_ifr_head_solver_is_chosen_by_config():
     cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.B_SOLVER", "newton"])
     with pytest.raises(ConfigError, match="MODEL.ROI_MASK_HEAD: unknown fixed-point solver 'newton'.*broyden_cvpods"):
         MASK_HEADS["ifr"](cfg, 16)
+
+
+@pytest.mark.parametrize("name", sorted(MASK_HEADS))
+def test_channels_last_layout_gives_the_same_logits_and_gradients(name):
+    """CHANNELS_LAST only changes the memory layout the head computes in (and the IFR solver iterates in)."""
+    x, _, _ = _toy_batch(16, 3, rois=5)
+    outputs, gradients = [], []
+    for channels_last in (False, True):
+        cfg = _cfg()
+        cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.CHANNELS_LAST", str(channels_last)])
+        torch.manual_seed(0)
+        head = MASK_HEADS[name](cfg, 16).double().train()
+        layouts = []
+        first_conv = next(m for m in head.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_pre_hook(
+            lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        inputs = x.double().requires_grad_()
+        out = head(inputs, iteration=10)  # IFR: past PRETRAINED_STEPS, the implicit solve
+        out.square().mean().backward()
+        assert layouts and layouts == [channels_last] * len(layouts)
+        outputs.append(out.detach())
+        gradients.append(inputs.grad)
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-10)
+    assert torch.allclose(gradients[0], gradients[1], atol=1e-10)

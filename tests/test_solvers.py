@@ -233,3 +233,28 @@ def test_damped_anderson_with_memory_one_is_damped_iteration():
     _, stats = get_solver("anderson")(f, torch.zeros(2, 6, dtype=torch.float64), max_iter=8, tol=0.0,
                                       stop_mode="abs", memory=1, damping=0.5)
     assert torch.allclose(stats.trace, torch.stack(expected), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_channels_last_iterates_stay_channels_last_and_reach_the_same_fixed_point(name):
+    from ifr.deq import IFRBlock
+
+    torch.manual_seed(5)
+    block = IFRBlock(8, num_groups=2, weight_norm=True).double()
+    x = torch.randn(3, 8, 5, 6, dtype=torch.float64)
+    layouts = []
+
+    def map_for(x):
+        def f(z):
+            layouts.append(z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous())
+            return block(z, x)
+        return f
+
+    z_plain, _ = get_solver(name)(map_for(x), torch.zeros_like(x), max_iter=40, tol=1e-9, stop_mode="abs")
+    assert not any(layouts)
+    layouts.clear()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    z_cl, _ = get_solver(name)(map_for(x_cl), torch.zeros_like(x_cl), max_iter=40, tol=1e-9, stop_mode="abs")
+    assert layouts and all(layouts)
+    assert z_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(z_cl, z_plain, atol=1e-7, rtol=0)

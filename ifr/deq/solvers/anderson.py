@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, flat_map, flatten_batch
+from .progress import SolveProgress, check_solver_arguments, BatchLayout, flat_map
 from .stats import SolverStats
 
 
@@ -86,8 +86,9 @@ def anderson_solve(
         raise ValueError(f"memory must be >= 1, got {memory}")
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
-    g_map = flat_map(f, z0.shape)
-    z = flatten_batch(z0).clone()
+    layout = BatchLayout(z0)
+    g_map = flat_map(f, layout)
+    z = layout.flatten(z0).clone()
     fz = g_map(z)
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
     history = _History(z, min(memory, max_iter + 1))
@@ -101,4 +102,4 @@ def anderson_solve(
         progress.update(z, fz)
         if steps < max_iter:
             history.add(z, fz)
-    return progress.result(steps, z0.shape)
+    return progress.result(steps, layout)

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, flat_map, flatten_batch
+from .progress import SolveProgress, check_solver_arguments, BatchLayout, flat_map
 from .stats import SolverStats
 
 # Rank-one pairs kept before the approximation restarts from H = -I: the original's 15 at F_THRES 15,
@@ -56,8 +56,9 @@ def broyden_solve(
     check_solver_arguments(max_iter, tol, stop_mode)
     if memory < 1:
         raise ValueError(f"memory must be >= 1, got {memory}")
-    g_map = flat_map(f, z0.shape)
-    z = flatten_batch(z0).clone()
+    layout = BatchLayout(z0)
+    g_map = flat_map(f, layout)
+    z = layout.flatten(z0).clone()
     fz = g_map(z)
     gz = fz - z
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio, gz=gz)
@@ -96,4 +97,4 @@ def broyden_solve(
         stored += 1
         # -H+ g = -(H g_old + H dg) - u (vt . g), and -H g_old is the previous update.
         update = update - h_dg - u * (vt * gz).sum(dim=1, keepdim=True)
-    return progress.result(steps, z0.shape)
+    return progress.result(steps, layout)

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .broyden import _low_rank_product
-from .progress import check_solver_arguments, flat_map, flatten_batch
+from .progress import check_solver_arguments, BatchLayout, flat_map
 from .stats import SolverStats
 
 # The original caps its rank-one memory at min(max_iter, 27).
@@ -60,8 +60,9 @@ def cvpods_broyden_solve(
         per-sample residuals are those of that iterate.
     """
     check_solver_arguments(max_iter, tol, stop_mode)
-    g_map = flat_map(f, z0.shape)
-    z = flatten_batch(z0).clone()
+    layout = BatchLayout(z0)
+    g_map = flat_map(f, layout)
+    z = layout.flatten(z0).clone()
     batch, dim = z.shape
     if z.numel() == 0:  # no RoIs: nothing to solve (the original crashes here)
         empty = z.new_zeros(0)
@@ -113,4 +114,4 @@ def cvpods_broyden_solve(
         diverged=flags & diverged,
         trace=torch.stack(trace),
     )
-    return best_z.view(z0.shape), stats
+    return layout.unflatten(best_z), stats

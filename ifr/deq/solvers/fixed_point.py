@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, flat_map, flatten_batch
+from .progress import SolveProgress, check_solver_arguments, BatchLayout, flat_map
 from .stats import SolverStats
 
 
@@ -23,8 +23,9 @@ def fixed_point_solve(
     Same interface and return value as ``broyden_solve``.
     """
     check_solver_arguments(max_iter, tol, stop_mode)
-    g_map = flat_map(f, z0.shape)
-    z = flatten_batch(z0).clone()
+    layout = BatchLayout(z0)
+    g_map = flat_map(f, layout)
+    z = layout.flatten(z0).clone()
     fz = g_map(z)
     progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
     steps = 0
@@ -34,4 +35,4 @@ def fixed_point_solve(
         fz = g_map(z, fz, active)
         steps += 1
         progress.update(z, fz)
-    return progress.result(steps, z0.shape)
+    return progress.result(steps, layout)

@@ -24,13 +24,34 @@ def check_solver_arguments(max_iter: int, tol: float, stop_mode: str) -> None:
         raise ValueError(f"tol must be >= 0, got {tol}")
 
 
-def flatten_batch(z: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B, D); also for B = 0, where reshape(B, -1) is ambiguous."""
-    return z.reshape(z.shape[0], math.prod(z.shape[1:]))
+class BatchLayout:
+    """Flattens (B, ...) tensors laid out like ``like`` to (B, D) rows and back, without copies.
+
+    A channels_last 4-d tensor is flattened in its memory order (H, W, C), so that the solvers'
+    (B, D) iterates unflatten to channels_last tensors again and the map keeps its faster layout.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.shape = like.shape
+        self.channels_last = (like.dim() == 4 and not like.is_contiguous()
+                              and like.is_contiguous(memory_format=torch.channels_last))
+
+    def flatten(self, t: torch.Tensor) -> torch.Tensor:
+        """(n, ...) -> (n, D); also for n = 0, where reshape(n, -1) is ambiguous."""
+        if self.channels_last:
+            t = t.permute(0, 2, 3, 1)
+        return t.reshape(t.shape[0], math.prod(t.shape[1:]))
+
+    def unflatten(self, flat: torch.Tensor) -> torch.Tensor:
+        """(n, D) -> (n, ...) in the layout of ``like``."""
+        if self.channels_last:
+            _, c, h, w = self.shape
+            return flat.view(-1, h, w, c).permute(0, 3, 1, 2)
+        return flat.view(-1, *self.shape[1:])
 
 
-def flat_map(f, shape: torch.Size):
-    """Wraps ``f`` on tensors of ``shape`` as a map on their (B, D) flattening.
+def flat_map(f, layout: BatchLayout):
+    """Wraps ``f`` on tensors of ``layout`` as a map on their (B, D) flattening.
 
     ``mapped(z)`` evaluates every sample. ``mapped(z, previous, active)`` evaluates only the samples
     still being solved (``active``, (B,) bool) when ``f`` offers ``f.restricted(index)`` (the map on
@@ -42,11 +63,11 @@ def flat_map(f, shape: torch.Size):
     def mapped(z_flat: torch.Tensor, previous: torch.Tensor | None = None,
                active: torch.Tensor | None = None) -> torch.Tensor:
         if previous is None or not restrictable or bool(active.all()):
-            return flatten_batch(f(z_flat.view(shape)))
+            return layout.flatten(f(layout.unflatten(z_flat)))
         index = active.nonzero().squeeze(1)
         out = previous.clone()
         if index.numel() > 0:
-            out[index] = flatten_batch(f.restricted(index)(z_flat[index].view(-1, *shape[1:])))
+            out[index] = layout.flatten(f.restricted(index)(layout.unflatten(z_flat[index])))
         return out
 
     return mapped
@@ -114,7 +135,7 @@ class SolveProgress:
         self.diverged = self.diverged | (active & ~self.converged & blown_up)
         self.trace.append(torch.where(active, abs_res, self.trace[-1]))
 
-    def result(self, iterations: int, shape: torch.Size) -> tuple[torch.Tensor, SolverStats]:
+    def result(self, iterations: int, layout: BatchLayout) -> tuple[torch.Tensor, SolverStats]:
         stats = SolverStats(
             iterations=iterations,
             abs_residual=self.best_abs,
@@ -123,4 +144,4 @@ class SolveProgress:
             diverged=self.diverged,
             trace=torch.stack(self.trace),
         )
-        return self.best_z.view(shape), stats
+        return layout.unflatten(self.best_z), stats
