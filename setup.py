@@ -26,5 +26,6 @@ setup(
             "pods_demo=ifr.tools.demo:main",
         ],
     },
-    extras_require={"test": ["pytest>=8"]},
+    # "bench": optional comparison rows in benchmarks/deq_bench.py (torchdeq's solvers on the same block).
+    extras_require={"test": ["pytest>=8"], "bench": ["torchdeq==0.1.0"]},
 )
