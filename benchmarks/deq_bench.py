@@ -110,6 +110,40 @@ def solver_rows(block, x: torch.Tensor, device: str, tols: list[float], max_iter
     return rows
 
 
+# The backward solve the other settings' parameter gradients are compared with.
+REFERENCE_BACKWARD = ("broyden", 100, 1e-7)
+
+
+def backward_rows(block, x: torch.Tensor, device: str, settings: list[tuple[str, int, float]]) -> list[dict]:
+    """The implicit backward pass with each adjoint solver setting (solver, max_iter, rel. tol), after the
+    same forward solve: adjoint steps, backward time, and the parameter gradient's relative error
+    against a tight adjoint solve."""
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    forward = SolverConfig("broyden", max_iter=100, tol=1e-6)
+
+    def run(setting):
+        layer = EquilibriumRefinement(block, mode="implicit", solver=forward,
+                                      backward=ImplicitBackward(SolverConfig(*setting))).train()
+        block.zero_grad()
+        loss = ((layer(x) - target) ** 2).mean()
+        _sync(device)
+        start = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        gradient = torch.cat([p.grad.flatten() for p in block.parameters()])
+        return gradient, elapsed, layer.backward_strategy.last_stats.iterations
+
+    reference, _, _ = run(REFERENCE_BACKWARD)
+    rows = []
+    for setting in settings:
+        run(setting)  # warm-up
+        gradient, elapsed, steps = run(setting)
+        rows.append({"setting": ":".join(map(str, setting)), "iterations": steps, "time": elapsed,
+                     "error": float((gradient - reference).norm() / reference.norm())})
+    return rows
+
+
 def _current_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -207,6 +241,16 @@ def print_solver_table(title: str, solvers: list[dict]) -> None:
     print()
 
 
+def print_backward_table(title: str, rows: list[dict]) -> None:
+    print(f"## {title}\n")
+    print("| adjoint solve | iterations | backward time (s) | time / first row | gradient rel. error |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['setting']} | {row['iterations']} | {row['time']:.2f} | {row['time'] / rows[0]['time']:.2f} "
+              f"| {row['error']:.1e} |")
+    print()
+
+
 def print_training_table(training: list[dict], rois: int, device: str) -> None:
     print(f"## Training step (forward + backward), {rois} RoIs, {device}\n")
     print("| iterations | mode | time (s) | time / unrolled | peak memory (MiB) | peak / unrolled "
@@ -238,9 +282,12 @@ def main() -> None:
                        solver_rows(*_inputs(args.rois, args.device), args.device, args.tols, args.max_iter))
     if args.quickstart:
         block, x = trained_head_inputs(args.rois, args.device)
-        print_solver_table(f"Forward solve, trained quickstart block, {len(x)} RoIs x {x.shape[1]} x "
-                           f"{x.shape[2]} x {x.shape[3]}, {args.device}",
+        shape = f"{len(x)} RoIs x {x.shape[1]} x {x.shape[2]} x {x.shape[3]}, {args.device}"
+        print_solver_table(f"Forward solve, trained quickstart block, {shape}",
                            solver_rows(block, x, args.device, args.tols, args.max_iter))
+        settings = [(name, 15, tol) for name in ("broyden", "anderson", "fixed_point") for tol in (1e-6, 1e-4, 1e-3)]
+        print_backward_table(f"Implicit backward, trained quickstart block, {shape}; reference: adjoint solve "
+                             f"{':'.join(map(str, REFERENCE_BACKWARD))}", backward_rows(block, x, args.device, settings))
     if not args.skip_training:
         print_training_table(training_rows(args.rois, args.device, args.iterations), args.rois, args.device)
 

@@ -61,10 +61,12 @@ def build(folder: str, mask_head: str | None, device: str) -> torch.nn.Module:
 
 
 class HeadTimer:
-    """Accumulates the wall time spent in one module's forward calls."""
+    """Accumulates the wall time spent in one module's forward calls, and the fixed-point solver steps
+    of its refinement (if it has one)."""
 
     def __init__(self, module: torch.nn.Module, device: str):
         self.device, self.total, self._start = device, 0.0, 0.0
+        self.solver_steps: list[int] = []
         module.register_forward_pre_hook(self._begin)
         module.register_forward_hook(self._end)
 
@@ -79,6 +81,9 @@ class HeadTimer:
     def _end(self, module, inputs, output) -> None:
         self._sync()
         self.total += time.perf_counter() - self._start
+        stats = getattr(getattr(module, "refinement", None), "last_stats", None)
+        if stats is not None:
+            self.solver_steps.append(stats.iterations)
 
 
 def main() -> None:
@@ -116,12 +121,14 @@ def main() -> None:
     rows = []
     for name in models:
         total, head = statistics.median(totals[name]), statistics.median(heads[name])
+        steps = timers[name].solver_steps
         rows.append([name, f"{total:.3f}", f"{head:.3f}", f"{head / total:.0%}", f"{total / base_total:.2f}",
-                     f"{head / base_head:.2f}", "/".join(map(str, sorted(detections[name])))])
+                     f"{head / base_head:.2f}", "/".join(map(str, sorted(detections[name]))),
+                     f"{sum(steps) / len(steps):.1f}" if steps else "-"])
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{args.images} images x {args.repeats} repeats, 800 x 1067, median per image")
     print(tabulate(rows, headers=["model", "s / image", "mask head s / image", "head share", "time vs plain",
-                                  "head vs plain", "detections"], tablefmt="pipe"))
+                                  "head vs plain", "detections", "solver steps"], tablefmt="pipe"))
 
 
 if __name__ == "__main__":

@@ -148,12 +148,15 @@ def test_solve_setting_parsing_and_restoring(trained):
     assert (refinement.mode, refinement.num_unrolled, refinement.solver) == before
 
 
-def test_default_solve_matches_a_tight_reference_solve(trained):
-    """Guard for speed work on the solver: the IFR folder's test-time solve must keep every predicted
-    mask at IoU >= 0.99 with a tight solve (relative residual 1e-6) on a trained checkpoint."""
+def test_default_solve_matches_a_slow_reference_solve(trained):
+    """Guard for speed work on the solver: the IFR folder's test-time solve (early stop at F_TOL,
+    converged RoIs skipped, channels_last) must keep every predicted mask at IoU >= 0.99, and the mask AP,
+    of a slow reference on a trained checkpoint: 60 Broyden steps on every RoI, no tolerance, no early
+    exit (the lowest-residual iterate is kept)."""
     config, model = _load_quickstart_model()
     solver = find_refinement(model).solver
     default = SolveSetting(f"{solver.name}:{solver.max_iter}:{solver.tol}", solver=solver)
-    rows = compute_knob.compute_knob(config, model, [default], SolveSetting.parse(compute_knob.REFERENCE_SETTING))
+    slow = SolveSetting.parse("broyden:60:0")
+    rows = compute_knob.compute_knob(config, model, [default], slow)
     assert rows[0]["min IoU"] >= 0.99
     assert abs(rows[0]["mask AP"] - rows[1]["mask AP"]) < 0.05
