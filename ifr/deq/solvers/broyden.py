@@ -71,7 +71,8 @@ def broyden_solve(
     steps = 0
     while steps < max_iter and not progress.done():
         active = progress.active
-        dz = update * active.unsqueeze(1).to(z.dtype)
+        # where, not a product with the mask: a diverged sample's update may be non-finite.
+        dz = torch.where(active.unsqueeze(1), update, torch.zeros((), dtype=z.dtype, device=z.device))
         z = z + dz
         fz = g_map(z, fz, active)
         gz_new = fz - z

@@ -46,8 +46,8 @@ class BatchLayout:
         """(n, D) -> (n, ...) in the layout of ``like``."""
         if self.channels_last:
             _, c, h, w = self.shape
-            return flat.view(-1, h, w, c).permute(0, 3, 1, 2)
-        return flat.view(-1, *self.shape[1:])
+            return flat.view(flat.shape[0], h, w, c).permute(0, 3, 1, 2)
+        return flat.view(flat.shape[0], *self.shape[1:])
 
 
 def flat_map(f, layout: BatchLayout):
