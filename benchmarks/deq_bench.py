@@ -24,6 +24,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ifr.checkpoint import CheckpointError
 from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, SolverConfig
 from ifr.deq.solvers import SOLVERS
 
@@ -278,10 +279,16 @@ def main() -> None:
     if args.worker:
         print(json.dumps(training_step(args.worker[0], int(args.worker[1]), args.rois, args.device)))
         return
+    if args.quickstart:  # loaded first, so a missing checkpoint is reported before the long part
+        try:
+            trained = trained_head_inputs(args.rois, args.device)
+        except CheckpointError as e:
+            raise SystemExit(f"--quickstart: {e}; train it with python -m ifr.tools.quickstart "
+                             "(or point IFR_OUTPUT_ROOT at the output root of a quickstart run)") from None
     print_solver_table(f"Forward solve, block at random init, {args.rois} RoIs x 256 x 14 x 14, {args.device}",
                        solver_rows(*_inputs(args.rois, args.device), args.device, args.tols, args.max_iter))
     if args.quickstart:
-        block, x = trained_head_inputs(args.rois, args.device)
+        block, x = trained
         shape = f"{len(x)} RoIs x {x.shape[1]} x {x.shape[2]} x {x.shape[3]}, {args.device}"
         print_solver_table(f"Forward solve, trained quickstart block, {shape}",
                            solver_rows(block, x, args.device, args.tols, args.max_iter))
