@@ -7,7 +7,8 @@ mask head sees exactly 100 RoIs per image and the mask-head columns compare equa
 block at random initialisation is a stand-in for trained weights (its solves take the maximum
 F_THRES steps more often than a trained block's).
 
-Run (in the virtual environment): ``python benchmarks/inference_bench.py [--images 2] [--repeats 2] [--device cpu|cuda]``.
+Run (in the virtual environment): ``python benchmarks/inference_bench.py [--images 2] [--repeats 2]
+[--batch-size 1] [--device cpu|cuda]`` (``--batch-size``: images per forward call; times are per image).
 Models run in turns within each repeat, so the ratio columns compare times measured side by side.
 """
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
@@ -107,15 +109,16 @@ def main() -> None:
             model([images[0]])
         for _ in range(args.repeats):
             for name, model in models.items():
-                for image in images:
+                for first in range(0, len(images), args.batch_size):
+                    batch = images[first:first + args.batch_size]
                     timers[name].total = 0.0
                     start = time.perf_counter()
-                    out = model([image])[0]["instances"]
+                    outputs = model(batch)
                     if args.device.startswith("cuda"):
                         torch.cuda.synchronize()
-                    totals[name].append(time.perf_counter() - start)
-                    heads[name].append(timers[name].total)
-                    detections[name].add(len(out["scores"]))
+                    totals[name].append((time.perf_counter() - start) / len(batch))
+                    heads[name].append(timers[name].total / len(batch))
+                    detections[name].update(len(out["instances"]["scores"]) for out in outputs)
     base_total = statistics.median(totals[next(iter(models))])
     base_head = statistics.median(heads[next(iter(models))])
     rows = []
@@ -126,7 +129,7 @@ def main() -> None:
                      f"{head / base_head:.2f}", "/".join(map(str, sorted(detections[name]))),
                      f"{sum(steps) / len(steps):.1f}" if steps else "-"])
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{args.images} images x {args.repeats} repeats, 800 x 1067, median per image")
+          f"{args.images} images x {args.repeats} repeats, batches of {args.batch_size}, 800 x 1067, median per image")
     print(tabulate(rows, headers=["model", "s / image", "mask head s / image", "head share", "time vs plain",
                                   "head vs plain", "detections", "solver steps"], tablefmt="pipe"))
 
