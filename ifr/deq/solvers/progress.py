@@ -62,9 +62,11 @@ def flat_map(f, layout: BatchLayout):
 
     def mapped(z_flat: torch.Tensor, previous: torch.Tensor | None = None,
                active: torch.Tensor | None = None) -> torch.Tensor:
-        if previous is None or not restrictable or bool(active.all()):
+        if previous is None or not restrictable:
             return layout.flatten(f(layout.unflatten(z_flat)))
-        index = active.nonzero().squeeze(1)
+        index = active.nonzero().squeeze(1)  # the one host sync of this call
+        if index.numel() == active.numel():
+            return layout.flatten(f(layout.unflatten(z_flat)))
         out = previous.clone()
         if index.numel() > 0:
             out[index] = layout.flatten(f.restricted(index)(layout.unflatten(z_flat[index])))
@@ -101,6 +103,7 @@ class SolveProgress:
         self.converged = measure < tol
         self.diverged = ~torch.isfinite(measure)
         self.trace = [abs_res]
+        self._done: bool | None = None
 
     @staticmethod
     def _residuals(z: torch.Tensor, fz: torch.Tensor,
@@ -118,7 +121,10 @@ class SolveProgress:
         return ~(self.converged | self.diverged)
 
     def done(self) -> bool:
-        return not bool(self.active.any())
+        # Reading the flag is a host-device synchronisation: once per update, however often asked.
+        if self._done is None:
+            self._done = not bool(self.active.any())
+        return self._done
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, gz: torch.Tensor | None = None) -> None:
         """Records the new iterate ``z`` (with ``fz = f(z)``, and ``gz = fz - z`` if the solver has it)
@@ -134,6 +140,7 @@ class SolveProgress:
         blown_up = ~torch.isfinite(measure) | (abs_res > self.divergence_ratio * self.initial_abs)
         self.diverged = self.diverged | (active & ~self.converged & blown_up)
         self.trace.append(torch.where(active, abs_res, self.trace[-1]))
+        self._done = None
 
     def result(self, iterations: int, layout: BatchLayout) -> tuple[torch.Tensor, SolverStats]:
         stats = SolverStats(
