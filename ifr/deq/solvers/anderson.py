@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, BatchLayout, flat_map
+from .progress import BatchLayout, SolveProgress, check_solver_arguments, flat_map
 from .stats import SolverStats
 
 

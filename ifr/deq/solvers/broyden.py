@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import SolveProgress, check_solver_arguments, BatchLayout, flat_map
+from .progress import BatchLayout, SolveProgress, check_solver_arguments, flat_map
 from .stats import SolverStats
 
 # Rank-one pairs kept before the approximation restarts from H = -I: the original's 15 at F_THRES 15,

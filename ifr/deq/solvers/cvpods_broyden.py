@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .broyden import _low_rank_product
-from .progress import check_solver_arguments, BatchLayout, flat_map
+from .progress import BatchLayout, check_solver_arguments, flat_map
 from .stats import SolverStats
 
 # The original caps its rank-one memory at min(max_iter, 27).
