@@ -3,13 +3,15 @@
 1. Forward solvers: iterations and time to reach a relative tolerance, for each solver: on a block at
    random initialisation, and (``--quickstart``) on the trained block of the quickstart checkpoint with
    the RoI features its mask head receives on the built-in validation images. With torchdeq installed
-   (``pip install torchdeq``, optional) its solvers run on the same block and tolerance.
+   (optional: ``pip install -e .[bench]``) its solvers run on the same block and tolerance.
 2. Training step (forward + backward): implicit vs unrolled at 4, 15 and 30 iterations, with the
    peak memory of the step (CUDA: max allocated; CPU: peak RSS growth of a fresh process per
-   configuration) and the bytes autograd keeps for backward.
+   configuration) and the bytes autograd keeps for backward. With ``--quickstart`` also: the implicit
+   backward's adjoint tolerance against the parameter gradient's error, on the trained block.
 
-Run: ``python benchmarks/deq_bench.py [--rois 100] [--device cpu|cuda] [--quickstart]``. Absolute times on a shared
-machine are noisy; read the ratio columns, which are measured side by side in one run.
+Run: ``python benchmarks/deq_bench.py [--rois 100] [--device cpu|cuda] [--quickstart]``.
+Absolute times on a shared machine are noisy; read the ratio columns, which are measured side by side
+in one run.
 """
 from __future__ import annotations
 
