@@ -47,23 +47,18 @@ def trained_head_inputs(rois: int, device: str):
     """The quickstart checkpoint's IFR block and the first ``rois`` RoI features its mask head receives
     on the built-in validation images (python -m ifr.tools.quickstart must have run)."""
     from ifr.data import build_test_loader
-    from ifr.tools.compute_knob import find_refinement
+    from ifr.tools.compute_knob import find_refinement, recorded_inputs
     from ifr.tools.trained_model import add_model_arguments, load_trained_model
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     config, model = load_trained_model(parser.parse_args(["--quickstart"]))
     refinement = find_refinement(model)
-    captured: list[torch.Tensor] = []
-    hook = refinement.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    try:
-        with torch.no_grad():
-            for batch in build_test_loader(config, config.DATASETS.TEST[0]):
-                model(batch)
-                if sum(len(x) for x in captured) >= rois:
-                    break
-    finally:
-        hook.remove()
+    with torch.no_grad(), recorded_inputs(refinement) as captured:
+        for batch in build_test_loader(config, config.DATASETS.TEST[0]):
+            model(batch)
+            if sum(len(x) for x in captured) >= rois:
+                break
     return refinement.block.to(device), torch.cat(captured)[:rois].to(device)
 
 

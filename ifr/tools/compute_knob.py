@@ -84,6 +84,18 @@ def find_refinement(model) -> EquilibriumRefinement:
     return refinement
 
 
+@contextlib.contextmanager
+def recorded_inputs(refinement: EquilibriumRefinement):
+    """Inside the block, every tensor of RoI features ``refinement`` receives is appended to the
+    yielded list (detached), in call order."""
+    captured: list[torch.Tensor] = []
+    hook = refinement.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].detach()))
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
 class MaskRecorder:
     """Passes outputs on to ``evaluator`` and keeps each image's predicted masks as RLEs."""
 

@@ -21,7 +21,7 @@ from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
 from ifr.visualization import plot_residual_traces
 
-from .compute_knob import find_refinement
+from .compute_knob import find_refinement, recorded_inputs
 from .experiment import run_reporting_user_errors
 from .trained_model import add_model_arguments, load_trained_model, parse_tool_arguments
 
@@ -46,12 +46,8 @@ def run(args) -> None:
     config, model = load_trained_model(args)
     refinement = find_refinement(model)
     image = read_image(args.image)
-    captured = []
-    hook = refinement.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].detach()))
-    try:
+    with recorded_inputs(refinement) as captured:
         DefaultPredictor(config, model)(image)
-    finally:
-        hook.remove()
     if not captured or captured[-1].shape[0] == 0:
         raise UserError(f"the model detects nothing in {args.image}: pick an image with objects")
     features = captured[-1]

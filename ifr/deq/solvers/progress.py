@@ -62,15 +62,14 @@ def flat_map(f, layout: BatchLayout):
 
     def mapped(z_flat: torch.Tensor, previous: torch.Tensor | None = None,
                active: torch.Tensor | None = None) -> torch.Tensor:
-        if previous is None or not restrictable:
-            return layout.flatten(f(layout.unflatten(z_flat)))
-        index = active.nonzero().squeeze(1)  # the one host sync of this call
-        if index.numel() == active.numel():
-            return layout.flatten(f(layout.unflatten(z_flat)))
-        out = previous.clone()
-        if index.numel() > 0:
-            out[index] = layout.flatten(f.restricted(index)(layout.unflatten(z_flat[index])))
-        return out
+        if previous is not None and restrictable:
+            index = active.nonzero().squeeze(1)  # the one host sync of this call
+            if index.numel() < active.numel():
+                out = previous.clone()
+                if index.numel() > 0:
+                    out[index] = layout.flatten(f.restricted(index)(layout.unflatten(z_flat[index])))
+                return out
+        return layout.flatten(f(layout.unflatten(z_flat)))
 
     return mapped
 
