@@ -47,7 +47,8 @@ def trained_head_inputs(rois: int, device: str):
     """The quickstart checkpoint's IFR block and the first ``rois`` RoI features its mask head receives
     on the built-in validation images (python -m ifr.tools.quickstart must have run)."""
     from ifr.data import build_test_loader
-    from ifr.tools.compute_knob import find_refinement, recorded_inputs
+    from ifr.deq import recorded_inputs
+    from ifr.modeling.inspection import find_refinement
     from ifr.tools.trained_model import add_model_arguments, load_trained_model
 
     parser = argparse.ArgumentParser()

@@ -6,22 +6,11 @@ _config_dict = dict(
         WEIGHTS="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
         MASK_ON=True,
         RESNETS=dict(DEPTH=50),
-        RPN=dict(PRE_NMS_TOPK_TRAIN=2000, PRE_NMS_TOPK_TEST=1000, POST_NMS_TOPK_TRAIN=2000, POST_NMS_TOPK_TEST=1000),
-        ROI_HEADS=dict(IN_FEATURES=["p2", "p3", "p4", "p5"]),
-        # Each cascade stage refines one class-agnostic box per RoI.
-        ROI_BOX_HEAD=dict(NUM_FC=2, POOLER_RESOLUTION=7, CLS_AGNOSTIC_BBOX_REG=True),
-        ROI_BOX_CASCADE_HEAD=dict(
-            BBOX_REG_WEIGHTS=((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
-            IOUS=(0.5, 0.6, 0.7),
-        ),
-        # Unrolled (4 weight-tied steps) for the first PRETRAINED_STEPS iterations, then the fixed point:
-        # at most F_THRES solver steps forward, B_THRES for the implicit backward, each stopping at a
-        # relative residual F_TOL / B_TOL, chosen by measurement (BENCHMARKS.md): F_TOL 1e-4 keeps every
-        # mask at IoU >= 0.99 with a 1e-6 solve, B_TOL 1e-4 leaves a 5e-5 relative gradient error.
-        # F_SOLVER "broyden_cvpods" with F_TOL 1e-5 (its RMS residual threshold in the original)
-        # evaluates released checkpoints exactly as cvpods did.
-        ROI_MASK_HEAD=dict(NUM_CONV=4, POOLER_RESOLUTION=14, PRETRAINED_STEPS=50000, F_THRES=15, B_THRES=15,
-                           F_SOLVER="broyden", F_TOL=1e-4, B_SOLVER="broyden", B_TOL=1e-4),
+        RPN=dict(POST_NMS_TOPK_TRAIN=2000),
+        # Each cascade stage refines one class-agnostic box per RoI; the three stages' IoU thresholds
+        # (0.5, 0.6, 0.7) and box-regression weights are the base config's ROI_BOX_CASCADE_HEAD.
+        ROI_BOX_HEAD=dict(CLS_AGNOSTIC_BBOX_REG=True),
+        # The IFR head's settings are the base config's MODEL.ROI_MASK_HEAD defaults (see the IFR Mask R-CNN folder).
     ),
     DATASETS=dict(TRAIN=("coco_2017_train",), TEST=("coco_2017_val",)),
     SOLVER=dict(

@@ -9,7 +9,7 @@ FOLDERS = {
 }
 VAL_SUBSET = "synthetic_shapes_val_first10"
 # Seconds-sized version of the quickstart: tiny images, channels and RoI batches.
-TINY = ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+TINY = ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64",
         "INPUT.AUG.TRAIN_PIPELINES", "[('ResizeShortestEdge', {'short_edge_length': (64,), 'max_size': 128, "
                                      "'sample_style': 'choice'}), ('RandomFlip', {})]",

@@ -13,8 +13,8 @@ import torchvision
 
 from ifr.checkpoint import TORCHVISION, CheckpointError, export_cvpods_checkpoint, ifr_to_cvpods, load_pickle_safely
 from ifr.engine import Checkpointer
+from ifr.presets import small_model_overrides
 from ifr.tools.experiment import load_experiment
-from ifr.tools.quickstart import small_model_overrides
 
 from helpers import FOLDERS, ROOT
 

@@ -6,7 +6,7 @@ import pytest
 from ifr.config import ConfigError, RCNNFPNConfig
 
 _OVERRIDES = dict(
-    MODEL=dict(MASK_ON=True, RESNETS=dict(DEPTH=50), ROI_MASK_HEAD=dict(PRETRAINED_STEPS=50000, F_THRES=15)),
+    MODEL=dict(MASK_ON=True, RESNETS=dict(DEPTH=50), ROI_MASK_HEAD=dict(PRETRAINED_STEPS=1000, F_THRES=30)),
     SOLVER=dict(LR_SCHEDULER=dict(STEPS=(60000, 80000), MAX_ITER=90000), OPTIMIZER=dict(BASE_LR=0.02)),
 )
 
@@ -23,9 +23,9 @@ def test_defaults_and_registered_overrides():
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80 and cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 80
     assert cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
     assert cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN == 1000
-    # Overrides merge recursively: siblings of an overridden key keep their defaults, new keys are added.
+    # Overrides merge recursively: siblings of an overridden key keep their defaults.
     assert cfg.SOLVER.OPTIMIZER.BASE_LR == 0.02 and cfg.SOLVER.OPTIMIZER.MOMENTUM == 0.9
-    assert cfg.MODEL.ROI_MASK_HEAD.F_THRES == 15 and cfg.MODEL.ROI_MASK_HEAD.NUM_CONV == 4
+    assert cfg.MODEL.ROI_MASK_HEAD.F_THRES == 30 and cfg.MODEL.ROI_MASK_HEAD.NUM_CONV == 4
     # Each instance is independent.
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     assert ExperimentConfig().MODEL.ROI_HEADS.NUM_CLASSES == 80
@@ -75,13 +75,13 @@ def test_diff_against_parent_and_dump(tmp_path):
     diff = cfg.diff(cfg.base_defaults())
     assert diff.to_dict() == {
         "MODEL": {"MASK_ON": True, "RESNETS": {"DEPTH": 50},
-                  "ROI_MASK_HEAD": {"PRETRAINED_STEPS": 50000, "F_THRES": 15}},
+                  "ROI_MASK_HEAD": {"PRETRAINED_STEPS": 1000, "F_THRES": 30}},
         "SOLVER": {"LR_SCHEDULER": {"STEPS": (60000, 80000), "MAX_ITER": 90000},
                    "OPTIMIZER": {"BASE_LR": 0.02}},
     }
     path = tmp_path / "out" / "config.json"
     cfg.dump(str(path))
-    assert json.loads(path.read_text())["MODEL"]["ROI_MASK_HEAD"]["F_THRES"] == 15
+    assert json.loads(path.read_text())["MODEL"]["ROI_MASK_HEAD"]["F_THRES"] == 30
 
 
 def test_link_log(tmp_path, monkeypatch):
@@ -93,6 +93,17 @@ def test_link_log(tmp_path, monkeypatch):
     cfg.OUTPUT_DIR = str(tmp_path / "runs" / "b")
     cfg.link_log()
     assert os.path.realpath("log") == str(tmp_path / "runs" / "b")
+
+
+def test_registering_a_key_the_parent_lacks_is_refused_by_name():
+    class Misspelled(RCNNFPNConfig):
+        def __init__(self):
+            super().__init__()
+            self._register_configuration({"MODEL": {"ROI_MASK_HEAD": {"F_TOLL": 1e-3}}})
+
+    with pytest.raises(ConfigError, match="unknown config key 'MODEL.ROI_MASK_HEAD.F_TOLL'.*did you mean "
+                                          "'MODEL.ROI_MASK_HEAD.F_TOL'"):
+        Misspelled()
 
 
 def test_attribute_errors_suggest_keys():

@@ -12,6 +12,7 @@ from ifr.engine import Checkpointer
 from ifr.engine.launch import WorkerError, launch
 from ifr.engine.train_loop import SimpleTrainer
 from ifr.errors import TrainingDivergedError, UserError
+from ifr.presets import small_model_overrides
 from ifr.tools import quickstart, train_net
 from ifr.utils import comm
 
@@ -107,7 +108,7 @@ def quickstart_overrides() -> list[str]:
         else:
             flat.extend([prefix, repr(value)])
 
-    walk("", quickstart.small_model_overrides(max_iter=4, num_workers=0))
+    walk("", small_model_overrides(max_iter=4, num_workers=0))
     return flat + TINY
 
 

@@ -15,7 +15,8 @@ from ifr.data import get_dataset_dicts
 from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
 from ifr.tools import compute_knob, demo, plot_convergence, plot_metrics, quickstart
-from ifr.tools.compute_knob import SolveSetting, find_refinement
+from ifr.modeling.inspection import find_refinement
+from ifr.tools.compute_knob import SolveSetting
 from ifr.tools.trained_model import add_model_arguments, load_trained_model
 
 from helpers import TINY

@@ -112,7 +112,7 @@ def test_ifr_head_solver_is_chosen_by_config():
         assert torch.isfinite(head(torch.randn(3, 16, 14, 14))).all()
     assert head.refinement.last_stats.iterations > 0
     cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.B_SOLVER", "newton"])
-    with pytest.raises(ConfigError, match="MODEL.ROI_MASK_HEAD: unknown fixed-point solver 'newton'.*broyden_cvpods"):
+    with pytest.raises(ConfigError, match="MODEL.ROI_MASK_HEAD.B_SOLVER: unknown fixed-point solver 'newton'.*broyden_cvpods"):
         MASK_HEADS["ifr"](cfg, 16)
 
 

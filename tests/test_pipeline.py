@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ifr.engine import Checkpointer, CheckpointError
+from ifr.presets import quickstart_output_dir
 from ifr.tools import quickstart, test_net, train_net
 
 from helpers import FOLDERS, ROOT, TINY
@@ -19,7 +20,7 @@ def _train(folder, output_root, monkeypatch, extra=()):
     monkeypatch.setenv("IFR_OUTPUT_ROOT", str(output_root))
     quickstart.main(["--experiment", os.path.join(ROOT, folder), "--max-iter", str(MAX_ITER), "--no-progress",
                      *TINY, *extra])
-    out = quickstart.quickstart_output_dir(os.path.join(ROOT, folder))
+    out = quickstart_output_dir(os.path.join(ROOT, folder))
     name = os.path.basename(os.path.normpath(str(folder)))
     assert os.path.basename(out) == ("quickstart" if name == FOLDERS["ifr"] else f"quickstart-{name}")
     with open(os.path.join(out, "metrics.json")) as f:

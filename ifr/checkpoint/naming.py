@@ -92,10 +92,11 @@ def cvpods_to_ifr_key(key: str) -> str:
         for cv_part, tv_part in _BLOCK_PARTS:
             if rest.startswith(cv_part):
                 return f"backbone.body.layer{stage - 1}.{block}.{tv_part}{rest[len(cv_part):]}"
-    match = re.fullmatch(r"backbone\.(fpn_lateral|fpn_output)(\d)\.(.+)", key)
+    match = re.fullmatch(r"backbone\.(fpn_lateral|fpn_output)(\d)\.(norm\.)?(.+)", key)
     if match:
         blocks = dict(_FPN_PARTS)[match[1]]
-        return f"backbone.fpn.{blocks}.{int(match[2]) - _FIRST_FPN_LEVEL}.0.{match[3]}"
+        part = 1 if match[3] else 0  # torchvision's Conv2dNormActivation: 0 the conv, 1 its norm
+        return f"backbone.fpn.{blocks}.{int(match[2]) - _FIRST_FPN_LEVEL}.{part}.{match[4]}"
     return key
 
 
@@ -110,10 +111,11 @@ def ifr_to_cvpods_key(key: str) -> str:
         for cv_part, tv_part in _BLOCK_PARTS:
             if rest.startswith(tv_part):
                 return f"backbone.bottom_up.res{stage + 1}.{block}.{cv_part}{rest[len(tv_part):]}"
-    match = re.fullmatch(r"backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d)\.0\.(.+)", key)
+    match = re.fullmatch(r"backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d)\.([01])\.(.+)", key)
     if match:
         prefix = {tv: cv for cv, tv in _FPN_PARTS}[match[1]]
-        return f"backbone.{prefix}{int(match[2]) + _FIRST_FPN_LEVEL}.{match[3]}"
+        norm = "norm." if match[3] == "1" else ""
+        return f"backbone.{prefix}{int(match[2]) + _FIRST_FPN_LEVEL}.{norm}{match[4]}"
     return key
 
 

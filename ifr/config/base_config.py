@@ -23,11 +23,13 @@ class BaseConfig(ConfigDict):
 
     A subclass's ``__init__`` calls ``super().__init__()`` and then
     ``self._register_configuration(overrides)``; the overrides are merged recursively over the parent's
-    values, so the final config is the chain of dicts from the base class down.
+    values, so the final config is the chain of dicts from the base class down. Overrides may only
+    set keys the parent defines (a misspelled key is a ConfigError naming it); a class that defines
+    new settings registers them with ``new_keys=True``.
     """
 
-    def _register_configuration(self, overrides: Mapping) -> None:
-        self.merge(overrides)
+    def _register_configuration(self, overrides: Mapping, new_keys: bool = False) -> None:
+        self.merge(overrides, allow_new_keys=new_keys)
 
     def link_log(self, link_name: str = "log") -> None:
         """Points a ``log`` symlink in the current folder to OUTPUT_DIR (as cvpods' experiment folders do)."""

@@ -16,6 +16,11 @@ class ConfigError(UserError, ValueError):
     """A config key that does not exist or a value of the wrong type."""
 
 
+class UnknownConfigKey(ConfigError, AttributeError):
+    """Attribute access to a key the config does not have (an AttributeError too, so ``hasattr`` and
+    ``getattr(cfg, key, default)`` keep working)."""
+
+
 def _wrap(value: Any) -> Any:
     if isinstance(value, ConfigDict):
         return value
@@ -39,7 +44,7 @@ class ConfigDict(dict):
         try:
             return self[key]
         except KeyError:
-            raise AttributeError(_unknown_key_message(key, self.keys())) from None
+            raise UnknownConfigKey(_unknown_key_message(key, self.keys())) from None
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
@@ -50,11 +55,17 @@ class ConfigDict(dict):
     def __deepcopy__(self, memo):
         return ConfigDict({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
-    def merge(self, other: Mapping) -> "ConfigDict":
-        """Recursively merges ``other`` into self (mappings merge, anything else replaces); may add keys."""
+    def merge(self, other: Mapping, allow_new_keys: bool = False, _prefix: str = "") -> "ConfigDict":
+        """Recursively merges ``other`` into self (mappings merge, anything else replaces).
+
+        A key that self does not have is a ConfigError naming it (a misspelled override must not
+        silently become a new, unread setting) unless ``allow_new_keys``.
+        """
         for key, value in other.items():
+            if key not in self and not allow_new_keys:
+                raise ConfigError(_unknown_key_message(_prefix + key, _all_keys(self, _prefix)))
             if isinstance(self.get(key), Mapping) and isinstance(value, Mapping):
-                self[key].merge(value)
+                self[key].merge(value, allow_new_keys, f"{_prefix}{key}.")
             else:
                 self[key] = value
         return self

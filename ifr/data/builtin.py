@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 
+from ifr.paths import datasets_root
+
 from .catalog import register_dataset
 from .coco import load_coco_json
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ensure_synthetic_dataset
-
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name -> (folder under the root, json file under that folder, image folder under that folder)
 COCO_SPLITS = {
@@ -38,10 +38,6 @@ COCO_THING_CLASSES = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 )
-
-
-def datasets_root() -> str:
-    return os.environ.get("IFR_DATASETS", os.path.join(_PROJECT_ROOT, "datasets"))
 
 
 def _paths(folder: str, json_file: str, image_dir: str, synthetic: bool) -> dict:

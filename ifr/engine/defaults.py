@@ -14,6 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ifr.config import ConfigError
+from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
@@ -117,6 +118,7 @@ def seed_all(seed: int) -> None:
 
 def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
+    check_supported(cfg)
     setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("command line: %s", " ".join(sys.argv))
     logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,
@@ -169,7 +171,7 @@ class DefaultTrainer(SimpleTrainer):
             trained = DistributedDataParallel(model, device_ids=device_ids)
         self.loader_arguments = dict(cfg=cfg, seed=cfg.SEED, rank=rank, world_size=world_size)
         super().__init__(trained, build_train_loader(**self.loader_arguments), optimizer, build_gradient_clipper(cfg),
-                         mixed_precision=cfg.TRAINER.FP16.ENABLED)
+                         mixed_precision=cfg.TRAINER.FP16.ENABLED, batch_subdivisions=cfg.SOLVER.BATCH_SUBDIVISIONS)
         self.scheduler = build_lr_scheduler(cfg, optimizer)
         checkpointables = dict(optimizer=optimizer, scheduler=self.scheduler, random_states=RandomStates())
         if self.grad_scaler is not None:

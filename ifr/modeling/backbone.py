@@ -18,7 +18,12 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ifr.config import ConfigError
 
-RESNET_BUILDERS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+from .layers import conv_norm
+
+# depth -> (block type, blocks per stage), as torchvision's resnet18 ... resnet152 build them.
+RESNET_LAYOUTS = {18: (resnet.BasicBlock, [2, 2, 2, 2]), 34: (resnet.BasicBlock, [3, 4, 6, 3]),
+                  50: (resnet.Bottleneck, [3, 4, 6, 3]), 101: (resnet.Bottleneck, [3, 4, 23, 3]),
+                  152: (resnet.Bottleneck, [3, 8, 36, 3])}
 
 NORM_LAYERS = {
     # cvpods' FrozenBN: y = (x - running_mean) / sqrt(running_var + 1e-5) * weight + bias, never updated.
@@ -49,19 +54,38 @@ def _freeze(net: resnet.ResNet, freeze_at: int) -> None:
 
 
 class ResNetFPN(nn.Module):
-    """Bottom-up ResNet (stages res2..res5 selected by ``in_features``) + top-down FPN + p6 max-pool."""
+    """Bottom-up ResNet or ResNeXt (stages res2..res5 selected by ``in_features``) + top-down FPN +
+    p6 max-pool.
+
+    ``num_groups`` x ``width_per_group`` are the 3x3 convolutions' groups and per-group width
+    (1 x 64: ResNet; 32 x 4: ResNeXt-50 32x4d, torchvision's ``resnext50_32x4d``). With
+    ``zero_init_residual`` the last norm of every residual branch starts at zero (torchvision's flag;
+    it matters only for weights that are not loaded from a checkpoint).
+    """
 
     def __init__(self, depth: int = 50, norm: str = "FrozenBN", stride_in_1x1: bool = True,
-                 freeze_at: int = 2, in_features: tuple[str, ...] = _STAGES, out_channels: int = 256):
+                 freeze_at: int = 2, in_features: tuple[str, ...] = _STAGES, out_channels: int = 256,
+                 num_groups: int = 1, width_per_group: int = 64, zero_init_residual: bool = False,
+                 fpn_norm: str = ""):
         super().__init__()
-        if depth not in RESNET_BUILDERS:
-            raise ConfigError(f"MODEL.RESNETS.DEPTH must be one of {sorted(RESNET_BUILDERS)}, got {depth}")
+        if depth not in RESNET_LAYOUTS:
+            raise ConfigError(f"MODEL.RESNETS.DEPTH must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
         if norm not in NORM_LAYERS:
             raise ConfigError(f"MODEL.RESNETS.NORM must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
+        fpn_norm_layer = conv_norm(fpn_norm, "MODEL.FPN.NORM")
         unknown = set(in_features) - set(_STAGES)
         if unknown:
             raise ConfigError(f"MODEL.FPN.IN_FEATURES may only name {_STAGES}, got {sorted(unknown)}")
-        net = RESNET_BUILDERS[depth](weights=None, norm_layer=NORM_LAYERS[norm])
+        block, layers = RESNET_LAYOUTS[depth]
+        if block is resnet.BasicBlock and (num_groups, width_per_group) != (1, 64):
+            raise ConfigError(f"ResNet-{depth} has basic blocks, which have no groups: MODEL.RESNETS.NUM_GROUPS 1 "
+                              f"and WIDTH_PER_GROUP 64 (got {num_groups} and {width_per_group}); ResNeXt needs "
+                              "DEPTH 50 or more")
+        if num_groups < 1 or width_per_group < 1:
+            raise ConfigError(f"MODEL.RESNETS.NUM_GROUPS and WIDTH_PER_GROUP must be positive, got {num_groups} "
+                              f"and {width_per_group}")
+        net = resnet.ResNet(block, layers, groups=num_groups, width_per_group=width_per_group,
+                            norm_layer=NORM_LAYERS[norm], zero_init_residual=zero_init_residual)
         if stride_in_1x1:
             _move_stride_to_1x1(net)
         self.stride_in_1x1 = stride_in_1x1
@@ -70,10 +94,10 @@ class ResNetFPN(nn.Module):
         self.in_features = tuple(sorted(in_features))
         self.body = IntermediateLayerGetter(
             net, {tv: name for tv, name in stage_of.items() if name in self.in_features})
-        widths = {name: getattr(net, tv)[-1].conv3.out_channels if depth >= 50 else
-                  getattr(net, tv)[-1].conv2.out_channels for tv, name in stage_of.items()}
-        self.fpn = FeaturePyramidNetwork([widths[name] for name in self.in_features], out_channels,
-                                         extra_blocks=LastLevelMaxPool())
+        self.stage_widths = {name: getattr(net, tv)[-1].conv3.out_channels if block is resnet.Bottleneck else
+                             getattr(net, tv)[-1].conv2.out_channels for tv, name in stage_of.items()}
+        self.fpn = FeaturePyramidNetwork([self.stage_widths[name] for name in self.in_features], out_channels,
+                                         extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm_layer)
         self.out_channels = out_channels
         first_level = int(self.in_features[0][-1])
         self.out_features = tuple(f"p{first_level + i}" for i in range(len(self.in_features) + 1))
@@ -85,12 +109,26 @@ class ResNetFPN(nn.Module):
 
 
 def build_resnet_fpn_backbone(cfg) -> ResNetFPN:
-    resnets = cfg.MODEL.RESNETS
-    return ResNetFPN(
+    resnets, fpn = cfg.MODEL.RESNETS, cfg.MODEL.FPN
+    missing = sorted(set(fpn.IN_FEATURES) - set(resnets.OUT_FEATURES))
+    if missing:
+        raise ConfigError(f"MODEL.FPN.IN_FEATURES {list(fpn.IN_FEATURES)} needs stages {missing} that "
+                          f"MODEL.RESNETS.OUT_FEATURES {list(resnets.OUT_FEATURES)} does not output")
+    backbone = ResNetFPN(
         depth=resnets.DEPTH if resnets.DEPTH is not None else 50,
         norm=resnets.NORM,
         stride_in_1x1=resnets.STRIDE_IN_1X1,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        in_features=tuple(cfg.MODEL.FPN.IN_FEATURES),
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        in_features=tuple(fpn.IN_FEATURES),
+        out_channels=fpn.OUT_CHANNELS,
+        num_groups=resnets.NUM_GROUPS,
+        width_per_group=resnets.WIDTH_PER_GROUP,
+        zero_init_residual=resnets.ZERO_INIT_RESIDUAL,
+        fpn_norm=fpn.NORM,
     )
+    # torchvision fixes res2's width (256 for bottleneck trunks, 64 for basic blocks); cvpods makes it a key.
+    if backbone.stage_widths["res2"] != resnets.RES2_OUT_CHANNELS:
+        raise ConfigError(f"MODEL.RESNETS.RES2_OUT_CHANNELS {resnets.RES2_OUT_CHANNELS} does not match this trunk, "
+                          f"whose res2 has {backbone.stage_widths['res2']} channels: set it to "
+                          f"{backbone.stage_widths['res2']}")
+    return backbone

@@ -19,7 +19,7 @@ from torchvision.ops import clip_boxes_to_image
 
 from ifr.config import ConfigError
 
-from .box_head import FastRCNNFCHead, FastRCNNOutputLayers, build_box_head, build_box_predictor
+from .box_head import FastRCNNConvFCHead, FastRCNNOutputLayers, build_box_head, build_box_predictor
 from .roi_heads import StandardROIHeads, roi_heads_arguments
 
 
@@ -37,7 +37,7 @@ class ScaleGradient(torch.autograd.Function):
 
 
 class CascadeROIHeads(StandardROIHeads):
-    def __init__(self, *, box_heads: Sequence[FastRCNNFCHead], box_predictors: Sequence[FastRCNNOutputLayers],
+    def __init__(self, *, box_heads: Sequence[FastRCNNConvFCHead], box_predictors: Sequence[FastRCNNOutputLayers],
                  iou_thresholds: Sequence[float], **kwargs):
         if not len(box_heads) == len(box_predictors) == len(iou_thresholds) >= 1:
             raise ConfigError(f"a cascade needs one box head, predictor and IoU threshold per stage; got "

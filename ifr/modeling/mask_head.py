@@ -7,19 +7,19 @@ inference).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ifr.config import ConfigError
-from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, SolverConfig
+from ifr.config import ConfigError, RCNNFPNConfig
+from ifr.config.support import non_default
+from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, PhantomBackward, SolverConfig
 
+from .layers import Conv3x3NormReLU, msra_fill
 
-def msra_fill(module: nn.Module) -> None:
-    """Caffe2's MSRAFill: He-normal weights (fan_out, ReLU gain), zero bias."""
-    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
+logger = logging.getLogger(__name__)
 
 
 class _UpsamplePredictor(nn.Module):
@@ -44,22 +44,21 @@ class _UpsamplePredictor(nn.Module):
 
 
 class ConvUpsampleMaskHead(_UpsamplePredictor):
-    """Mask R-CNN's head: ``num_conv`` x (3x3 conv + ReLU), parameters ``mask_fcn{i}``."""
+    """Mask R-CNN's head: ``num_conv`` x (3x3 conv [+ norm] + ReLU), parameters ``mask_fcn{i}``."""
 
     def __init__(self, in_channels: int = 256, conv_dim: int = 256, num_conv: int = 4,
-                 num_classes: int = 80, cls_agnostic: bool = False, channels_last: bool = False):
+                 num_classes: int = 80, cls_agnostic: bool = False, channels_last: bool = False, norm: str = ""):
         super().__init__(conv_dim if num_conv > 0 else in_channels, num_classes, cls_agnostic, channels_last)
         self.conv_names = []
         for i in range(num_conv):
-            conv = nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, kernel_size=3, padding=1)
-            msra_fill(conv)
+            conv = Conv3x3NormReLU(in_channels if i == 0 else conv_dim, conv_dim, norm, "MODEL.ROI_MASK_HEAD.NORM")
             self.add_module(f"mask_fcn{i + 1}", conv)
             self.conv_names.append(f"mask_fcn{i + 1}")
 
     def forward(self, x: torch.Tensor, iteration: int | None = None) -> torch.Tensor:
         x = self.in_layout(x)
         for name in self.conv_names:
-            x = F.relu(getattr(self, name)(x))
+            x = getattr(self, name)(x)
         return self.predict(x)
 
 
@@ -105,16 +104,86 @@ def mask_rcnn_inference(logits: torch.Tensor, pred_classes: torch.Tensor) -> tor
     return logits[index, pred_classes].unsqueeze(1).sigmoid()
 
 
+# The ROI_MASK_HEAD keys that configure each fixed-point solver's own options (solver option -> key).
+SOLVER_OPTION_KEYS = {
+    "broyden": {"memory": "BROYDEN_MEMORY", "divergence_ratio": "DIVERGENCE_RATIO"},
+    "anderson": {"memory": "ANDERSON_MEMORY", "damping": "ANDERSON_DAMPING",
+                 "regularization": "ANDERSON_REGULARIZATION", "divergence_ratio": "DIVERGENCE_RATIO"},
+    "fixed_point": {"divergence_ratio": "DIVERGENCE_RATIO"},
+    "broyden_cvpods": {"divergence_ratio": "DIVERGENCE_RATIO"},
+}
+# Checked when the head is built, not at the first implicit step (possibly PRETRAINED_STEPS in).
+_OPTION_RANGES = {"memory": (lambda v: v >= 1, ">= 1"), "damping": (lambda v: 0 < v <= 1, "in (0, 1]"),
+                  "regularization": (lambda v: v >= 0, ">= 0"), "divergence_ratio": (lambda v: v > 1, "> 1")}
+_SOLVER_KEYS = ("F_SOLVER", "F_THRES", "F_TOL", "STOP_MODE")
+_BACKWARD_KEYS = {"implicit": ("B_SOLVER", "B_THRES", "B_TOL"), "phantom": ("PHANTOM_STEPS", "PHANTOM_DAMPING")}
+_OPTION_KEYS = tuple(sorted({k for keys in SOLVER_OPTION_KEYS.values() for k in keys.values()}))
+_IFR_KEYS = ("PRETRAINED_STEPS", "BACKWARD", *_SOLVER_KEYS, *_OPTION_KEYS,
+             *(k for keys in _BACKWARD_KEYS.values() for k in keys))
+_BLOCK_KEYS = ("GN_GROUPS",)
+
+
+def _warn_unread(head, keys, head_name: str) -> None:
+    """One warning per ROI_MASK_HEAD setting changed from its default that ``head_name`` does not read."""
+    for key in non_default(head, RCNNFPNConfig().MODEL.ROI_MASK_HEAD, keys, "MODEL.ROI_MASK_HEAD"):
+        logger.warning("%s is set but the %r mask head does not read it", key, head_name)
+
+
+def _solver_config(head, prefix: str) -> SolverConfig:
+    """The forward ("F") or adjoint ("B") solver of the ROI_MASK_HEAD settings."""
+    name = head[f"{prefix}_SOLVER"]
+    options = {option: head[key] for option, key in SOLVER_OPTION_KEYS.get(name, {}).items()}
+    for option, value in options.items():
+        valid, expected = _OPTION_RANGES[option]
+        if not valid(value):
+            raise ConfigError(f"MODEL.ROI_MASK_HEAD.{SOLVER_OPTION_KEYS[name][option]} must be {expected}, got {value}")
+    try:
+        return SolverConfig(name, max_iter=head[f"{prefix}_THRES"], tol=head[f"{prefix}_TOL"],
+                            stop_mode=head.STOP_MODE, options=options)
+    except ValueError as e:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.{prefix}_SOLVER: {e}") from None
+
+
+def _backward(head) -> ImplicitBackward | PhantomBackward:
+    if head.BACKWARD == "implicit":
+        return ImplicitBackward(_solver_config(head, "B"))
+    if head.BACKWARD == "phantom":
+        try:
+            return PhantomBackward(head.PHANTOM_STEPS, head.PHANTOM_DAMPING)
+        except ValueError as e:
+            raise ConfigError(f"MODEL.ROI_MASK_HEAD.PHANTOM_*: {e}") from None
+    raise ConfigError(f"MODEL.ROI_MASK_HEAD.BACKWARD must be one of {sorted(_BACKWARD_KEYS)}, got {head.BACKWARD!r}")
+
+
+def _refinement_block(head, in_channels: int, weight_norm: bool) -> IFRBlock:
+    """The IFR block on ``in_channels`` (it refines the RoI features in place: a CONV_DIM set to
+    another width is refused)."""
+    if head.NORM:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.NORM {head.NORM!r} applies to the 4-conv head; the refinement block "
+                          "has its own GroupNorms (MODEL.ROI_MASK_HEAD.GN_GROUPS): set NORM ''")
+    # CONV_DIM is the 4-conv head's width; left at its default it says nothing about the block.
+    if head.CONV_DIM != in_channels and head.CONV_DIM != RCNNFPNConfig().MODEL.ROI_MASK_HEAD.CONV_DIM:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.CONV_DIM {head.CONV_DIM}: the refinement block keeps the RoI features' "
+                          f"width, the FPN's {in_channels} channels; set CONV_DIM {in_channels} (or leave it unset)")
+    if head.NUM_CONV < 1:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.NUM_CONV (unrolled steps) must be >= 1, got {head.NUM_CONV}")
+    if head.GN_GROUPS < 1 or in_channels % head.GN_GROUPS:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.GN_GROUPS {head.GN_GROUPS} must divide the {in_channels} channels")
+    return IFRBlock(in_channels, num_groups=head.GN_GROUPS, weight_norm=weight_norm)
+
+
 def build_conv_mask_head(cfg, in_channels: int = 256) -> ConvUpsampleMaskHead:
     head = cfg.MODEL.ROI_MASK_HEAD
+    _warn_unread(head, _BLOCK_KEYS + _IFR_KEYS, "conv")
     return ConvUpsampleMaskHead(in_channels, head.CONV_DIM, head.NUM_CONV, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                                head.CLS_AGNOSTIC_MASK, head.CHANNELS_LAST)
+                                head.CLS_AGNOSTIC_MASK, head.CHANNELS_LAST, head.NORM)
 
 
 def build_weight_sharing_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
     """The IFR block without weight norm, applied ROI_MASK_HEAD.NUM_CONV times from z0 = 0."""
     head = cfg.MODEL.ROI_MASK_HEAD
-    refinement = EquilibriumRefinement(IFRBlock(in_channels, num_groups=4, weight_norm=False),
+    _warn_unread(head, _IFR_KEYS, "weight_sharing")
+    refinement = EquilibriumRefinement(_refinement_block(head, in_channels, weight_norm=False),
                                        mode="unrolled", num_unrolled=head.NUM_CONV)
     return RefinementMaskHead(refinement, in_channels, cfg.MODEL.ROI_HEADS.NUM_CLASSES, head.CLS_AGNOSTIC_MASK,
                               head.CHANNELS_LAST)
@@ -122,20 +191,20 @@ def build_weight_sharing_mask_head(cfg, in_channels: int = 256) -> RefinementMas
 
 def build_ifr_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
     """The IFR head: weight-normed block, NUM_CONV unrolled steps for PRETRAINED_STEPS iterations,
-    then the fixed point solved by F_SOLVER with at most F_THRES steps to relative residual F_TOL
-    (backward: B_SOLVER, B_THRES, B_TOL). Unlike the original, which ignores B_THRES and uses F_THRES
-    for the backward solve, B_THRES is honoured.
+    then the fixed point solved by F_SOLVER with at most F_THRES steps to residual F_TOL; the
+    backward is BACKWARD ("implicit": B_SOLVER, B_THRES, B_TOL; "phantom": PHANTOM_STEPS,
+    PHANTOM_DAMPING). Unlike the original, which ignores B_THRES and uses F_THRES for the backward
+    solve, B_THRES is honoured.
     """
     head = cfg.MODEL.ROI_MASK_HEAD
-    try:
-        forward_solver = SolverConfig(head.F_SOLVER, max_iter=head.F_THRES, tol=head.F_TOL, stop_mode="rel")
-        backward_solver = SolverConfig(head.B_SOLVER, max_iter=head.B_THRES, tol=head.B_TOL, stop_mode="rel")
-    except ValueError as e:
-        raise ConfigError(f"MODEL.ROI_MASK_HEAD: {e}") from None
-    refinement = EquilibriumRefinement(IFRBlock(in_channels, num_groups=4, weight_norm=True),
+    solvers = {head.F_SOLVER} | ({head.B_SOLVER} if head.BACKWARD == "implicit" else set())
+    read = {k for name in solvers for k in SOLVER_OPTION_KEYS.get(name, {}).values()}
+    unread = [k for keys in _BACKWARD_KEYS.values() for k in keys if k not in _BACKWARD_KEYS.get(head.BACKWARD, ())]
+    _warn_unread(head, [k for k in _OPTION_KEYS if k not in read] + unread, "ifr")
+    refinement = EquilibriumRefinement(_refinement_block(head, in_channels, weight_norm=True),
                                        mode="scheduled", num_unrolled=head.NUM_CONV,
-                                       pretrained_steps=head.PRETRAINED_STEPS, solver=forward_solver,
-                                       backward=ImplicitBackward(backward_solver))
+                                       pretrained_steps=head.PRETRAINED_STEPS, solver=_solver_config(head, "F"),
+                                       backward=_backward(head))
     return RefinementMaskHead(refinement, in_channels, cfg.MODEL.ROI_HEADS.NUM_CLASSES, head.CLS_AGNOSTIC_MASK,
                               head.CHANNELS_LAST)
 

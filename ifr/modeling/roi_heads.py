@@ -17,7 +17,7 @@ from torchvision.ops import box_iou, roi_align
 
 from ifr.config import ConfigError
 
-from .box_head import FastRCNNFCHead, FastRCNNOutputLayers, build_box_head, build_box_predictor
+from .box_head import FastRCNNConvFCHead, FastRCNNOutputLayers, build_box_head, build_box_predictor
 from .mask_head import mask_rcnn_inference, mask_rcnn_loss
 from .poolers import ROIPooler
 
@@ -41,7 +41,7 @@ class StandardROIHeads(nn.Module):
     ``(detections, losses)``; the training iteration is handed to the mask head."""
 
     def __init__(self, *, num_classes: int, box_in_features: Sequence[str], box_pooler: ROIPooler,
-                 box_head: FastRCNNFCHead, box_predictor: FastRCNNOutputLayers,
+                 box_head: FastRCNNConvFCHead, box_predictor: FastRCNNOutputLayers,
                  mask_in_features: Sequence[str] | None = None, mask_pooler: ROIPooler | None = None,
                  mask_head: nn.Module | None = None, iou_threshold: float = 0.5,
                  batch_size_per_image: int = 512, positive_fraction: float = 0.25,

@@ -29,6 +29,7 @@ from ifr.deq import EquilibriumRefinement, SolverConfig
 from ifr.engine.defaults import build_evaluator
 from ifr.errors import UserError
 from ifr.evaluation import run_inference
+from ifr.modeling.inspection import find_refinement
 
 from .experiment import run_reporting_user_errors
 from .trained_model import add_model_arguments, load_trained_model, parse_tool_arguments
@@ -73,27 +74,6 @@ class SolveSetting:
             yield
         finally:
             refinement.mode, refinement.num_unrolled, refinement.solver = saved
-
-
-def find_refinement(model) -> EquilibriumRefinement:
-    head = getattr(getattr(model, "roi_heads", None), "mask_head", None)
-    refinement = getattr(head, "refinement", None)
-    if not isinstance(refinement, EquilibriumRefinement):
-        raise UserError("the compute knob varies the fixed-point refinement of the mask head, and this "
-                        "experiment's mask head has none: run it in an IFR or weight-sharing folder")
-    return refinement
-
-
-@contextlib.contextmanager
-def recorded_inputs(refinement: EquilibriumRefinement):
-    """Inside the block, every tensor of RoI features ``refinement`` receives is appended to the
-    yielded list (detached), in call order."""
-    captured: list[torch.Tensor] = []
-    hook = refinement.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].detach()))
-    try:
-        yield captured
-    finally:
-        hook.remove()
 
 
 class MaskRecorder:

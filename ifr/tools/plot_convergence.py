@@ -16,12 +16,12 @@ import os
 import torch
 
 from ifr.data import read_image
-from ifr.deq import SOLVERS, get_solver
+from ifr.deq import SOLVERS, get_solver, recorded_inputs
 from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
+from ifr.modeling.inspection import find_refinement
 from ifr.visualization import plot_residual_traces
 
-from .compute_knob import find_refinement, recorded_inputs
 from .experiment import run_reporting_user_errors
 from .trained_model import add_model_arguments, load_trained_model, parse_tool_arguments
 

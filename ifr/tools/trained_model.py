@@ -9,12 +9,13 @@ import re
 
 from torch import nn
 
+from ifr.config.support import check_supported
 from ifr.engine import Checkpointer
 from ifr.engine.defaults import resolve_device, setup_logger
 from ifr.errors import UserError
+from ifr.presets.small_model import IFR_EXPERIMENT, small_model_overrides
 
 from .experiment import load_experiment
-from .quickstart import IFR_EXPERIMENT, small_model_overrides
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +52,7 @@ def load_trained_model(args) -> tuple[object, nn.Module]:
         config.merge(small_model_overrides(max_iter=0, experiment=folder))
         config.MODEL.WEIGHTS = os.path.join(config.OUTPUT_DIR, "model_final.pth")
     config.merge_from_list(args.opts)
+    check_supported(config)
     setup_logger(None)
     if not config.MODEL.WEIGHTS:
         raise UserError("pass the weights of the model to inspect: MODEL.WEIGHTS /path/to/model_final.pth")
