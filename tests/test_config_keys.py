@@ -166,3 +166,18 @@ def test_a_misspelled_key_is_one_config_error_line_in_config_py_net_py_and_the_c
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("ERROR: unknown config key") and key in err
+
+
+def test_fpn_and_head_norms_have_cvpods_names_both_ways():
+    from ifr.checkpoint import ifr_to_cvpods
+    from ifr.checkpoint.naming import cvpods_to_ifr_key
+
+    model = build_generalized_rcnn(_small_config("MODEL.FPN.NORM", "GN", "MODEL.ROI_BOX_HEAD.NUM_CONV", "2",
+                                                 "MODEL.ROI_BOX_HEAD.NORM", "GN", "MODEL.ROI_MASK_HEAD.NORM", "GN"),
+                                   mask_head="conv")
+    exported = ifr_to_cvpods(model.state_dict())
+    for key in ("backbone.fpn_lateral2.weight", "backbone.fpn_lateral2.norm.weight", "backbone.fpn_output5.norm.bias",
+                "roi_heads.box_head.conv2.norm.weight", "roi_heads.mask_head.mask_fcn4.norm.weight"):
+        assert key in exported, key
+    assert "backbone.fpn_lateral2.bias" not in exported  # bias-free convolutions before GroupNorm, as in cvpods
+    assert {cvpods_to_ifr_key(k) for k in exported} == set(model.state_dict())
