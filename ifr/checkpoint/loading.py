@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -56,6 +58,17 @@ def resolve_weights_path(path: str) -> str:
     return local
 
 
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _refused_global(error: Exception) -> str:
+    """What torch's weights-only unpickler refused, from its message (e.g. "it references posix.system")."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return f"it references {match[1]}" if match else "it holds Python objects other than tensors and plain data"
+
+
 def _read_pickle(path: str) -> dict:
     try:
         data = load_pickle_safely(path)
@@ -78,18 +91,38 @@ def read_checkpoint(path: str) -> dict:
     """Reads ``path`` into ``{"model": state_dict, ...}`` (other entries: optimizer, scheduler,
     iteration, ...). ``.pkl`` files are read with the restricted unpickler."""
     path = resolve_weights_path(path)
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith((".pth", ".pkl")))
+        hint = f" ({', '.join(files[-3:])} there)" if files else " (it holds no .pth or .pkl file)"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass one of its checkpoint files{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.endswith(".pkl"):
         return _read_pickle(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a refusal by torch's weights-only unpickler: a broken file
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint of tensors and plain data "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if _is_zip(path):
+            raise CheckpointError(f"refusing to load {path}: {_refused_global(e)}, which a weight file never needs "
+                                  "(nothing in it was run). Only tensors and plain data are read; re-save a trusted "
+                                  "file's state dict with torch.save") from None
+        # A plain pickle naming something other than tensors: perhaps a Detectron weight file without
+        # its .pkl extension, which the restricted unpickler reads (or refuses with the same message).
+        return _read_pickle(path)
     except Exception as e:  # noqa: BLE001  (pickle / zip errors have many types)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint of tensors and plain data "
                               f"({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict or checkpoint dict")
     return data if "model" in data else {"model": data}
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or infinity."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def group_keys(keys) -> str:
@@ -145,6 +178,10 @@ def load_checkpoint_into_model(model: nn.Module, checkpoint: dict, source: str, 
     state = checkpoint["model"]
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(bad)} of its {len(state)} tensors "
+                              f"({group_keys(bad)}): it was saved by a diverged run; use an earlier checkpoint")
     source_format = naming.detect_format(state)
     state, dropped = naming.convert_to_ifr(state, source_format)
     own = model.state_dict()

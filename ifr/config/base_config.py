@@ -42,8 +42,11 @@ class BaseConfig(ConfigDict):
             logger.warning("not linking %s -> %s: %s exists and is not a symlink", link_name, target,
                            link_name)
             return
-        os.makedirs(target, exist_ok=True)
-        os.symlink(target, link_name)
+        try:
+            os.makedirs(target, exist_ok=True)
+            os.symlink(target, link_name)
+        except OSError as e:  # a read-only experiment folder: the run itself is unaffected
+            logger.warning("not linking %s -> %s: %s", link_name, target, e.strerror or e)
 
     def base_defaults(self) -> ConfigDict:
         """The config of the parent class, for ``diff`` logging (cvpods' ``cfg.diff(cls.__base__())``)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -57,7 +58,23 @@ def _as_list(batch):
     return batch
 
 
-def load_train_records(dataset_names, filter_empty: bool) -> list[dict]:
+def check_image_files(records: list[dict], skip_missing: bool) -> list[dict]:
+    """The records whose image file exists (one stat per file, so a missing image stops the run at
+    its start, not when its batch comes hours in): a UserError with the count and the first missing
+    paths, or with ``skip_missing`` a warning and the records without them."""
+    missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
+    if not missing:
+        return records
+    listing = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    if not skip_missing:
+        raise UserError(f"{len(missing)} of the {len(records)} training images do not exist ({listing}): check the "
+                        "datasets' image folders, or set DATALOADER.SKIP_CORRUPT_IMAGES True to train without them")
+    logger.warning("training without %d of the %d images, which do not exist (%s)", len(missing), len(records), listing)
+    gone = set(missing)
+    return [r for r in records if r["file_name"] not in gone]
+
+
+def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False) -> list[dict]:
     if not dataset_names:
         raise UserError("DATASETS.TRAIN is empty: name at least one registered dataset, e.g. "
                         "DATASETS.TRAIN \"('synthetic_shapes_train',)\"")
@@ -66,6 +83,7 @@ def load_train_records(dataset_names, filter_empty: bool) -> list[dict]:
         before = len(records)
         records = [r for r in records if any(not a.get("iscrowd", 0) for a in r["annotations"])]
         logger.info("removed %d images without (non-crowd) annotations; %d left", before - len(records), len(records))
+    records = check_image_files(records, skip_missing)
     if not records:
         raise UserError(f"no training images with annotations in {list(dataset_names)}")
     return records
@@ -74,7 +92,8 @@ def load_train_records(dataset_names, filter_empty: bool) -> list[dict]:
 def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0) -> DataLoader:
     """Endless loader of lists of IMS_PER_BATCH / world_size mapped records, from batch ``start_batch``
     of the seeded stream on."""
-    records = load_train_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    records = load_train_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // world_size
     if batch_size < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise UserError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a positive multiple of the "

@@ -27,11 +27,9 @@ def read_image(file_name: str) -> Image.Image:
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
     except FileNotFoundError:
-        raise ImageReadError(f"image {file_name} does not exist: check the dataset's image folder, or set "
-                             "DATALOADER.SKIP_CORRUPT_IMAGES True to train without it") from None
+        raise ImageReadError(f"image {file_name} does not exist") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise ImageReadError(f"image {file_name} cannot be decoded ({e}); replace or remove it, or set "
-                             "DATALOADER.SKIP_CORRUPT_IMAGES True to train without it") from None
+        raise ImageReadError(f"image {file_name} cannot be decoded ({e})") from None
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
@@ -60,7 +58,11 @@ class DatasetMapper:
         self.mask_on = mask_on
 
     def __call__(self, record: dict) -> dict:
-        image = read_image(record["file_name"])
+        try:
+            image = read_image(record["file_name"])
+        except ImageReadError as e:
+            raise ImageReadError(f"{e}: check the dataset's image folder (replace or remove a corrupt file), or set "
+                                 "DATALOADER.SKIP_CORRUPT_IMAGES True to train without it") from None
         if (image.height, image.width) != (record["height"], record["width"]):
             raise DatasetError(f"{record['file_name']} is {image.height}x{image.width} but its annotation says "
                                f"{record['height']}x{record['width']}: fix the annotation file")

@@ -4,7 +4,6 @@ Each pipeline entry is ``(name, kwargs)``; ``AUGMENTATIONS`` maps cvpods' names 
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Sequence
 
 import torch
@@ -41,11 +40,13 @@ class ResizeShortestEdge(v2.Transform):
         self.lengths, self.max_size, self.sample_style = lengths, max_size, sample_style
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # Drawn from torch's generator, which the data loader seeds per sample (as the flips are):
+        # the scale then depends on the sample's seed alone, not on the worker or its history.
         height, width = query_size(flat_inputs)
         if self.sample_style == "range":
-            short = random.randint(self.lengths[0], self.lengths[1])
+            short = int(torch.randint(self.lengths[0], self.lengths[1] + 1, ()))
         else:
-            short = random.choice(self.lengths)
+            short = self.lengths[int(torch.randint(len(self.lengths), ()))]
         return {"size": list(shortest_edge_size(height, width, short, self.max_size))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:

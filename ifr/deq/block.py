@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import ShiftedGroupNorm
 from .weight_norm import WeightNormConv2d
 
 
@@ -13,7 +14,8 @@ class IFRBlock(nn.Module):
 
     ``u = z + x;  h = relu(gn1(conv1(u)));  h = gn2(conv2(h));  f = gn3(relu(h + u))``
 
-    conv1/conv2 are 3x3, padding 1, without bias; gn1..gn3 are GroupNorm(num_groups, channels).
+    conv1/conv2 are 3x3, padding 1, without bias; gn1..gn3 are GroupNorm(num_groups, channels)
+    (``ShiftedGroupNorm``: the same function, precise in channels_last layout too).
     With ``weight_norm=True`` the convs are ``WeightNormConv2d`` (parameters ``conv1.weight_g``,
     ``conv1.weight_v``, ...), as in the implicit IFR head; without it they are plain ``nn.Conv2d``
     (``conv1.weight``), as in the weight-sharing head.
@@ -26,10 +28,10 @@ class IFRBlock(nn.Module):
         super().__init__()
         conv = WeightNormConv2d if weight_norm else nn.Conv2d
         self.conv1 = conv(channels, channels, 3, padding=1, bias=False)
-        self.gn1 = nn.GroupNorm(num_groups, channels)
+        self.gn1 = ShiftedGroupNorm(num_groups, channels)
         self.conv2 = conv(channels, channels, 3, padding=1, bias=False)
-        self.gn2 = nn.GroupNorm(num_groups, channels)
-        self.gn3 = nn.GroupNorm(num_groups, channels)
+        self.gn2 = ShiftedGroupNorm(num_groups, channels)
+        self.gn3 = ShiftedGroupNorm(num_groups, channels)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         u = z + x

@@ -1,20 +1,33 @@
 """Checkpoints in cvpods' format: ``{"model", "optimizer", "scheduler", "iteration"}`` files in the
 output folder, ``last_checkpoint`` naming the newest, written atomically so a kill never leaves a
-truncated file."""
+truncated file, and never with non-finite weights (a diverged run keeps its last good checkpoint)."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from ifr.checkpoint import CheckpointError, LoadReport, load_checkpoint_into_model, read_checkpoint
+from ifr.checkpoint.loading import group_keys, non_finite_tensors
+from ifr.errors import TrainingDivergedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "Checkpointer"]
+__all__ = ["CheckpointError", "Checkpointer", "non_finite_tensors", "training_checkpoints"]
+
+
+def training_checkpoints(folder: str) -> list[str]:
+    """``model_*.pth`` files of a training run's folder, newest (highest iteration, final last) last."""
+    def order(path: str) -> tuple[int, int]:
+        match = re.fullmatch(r"model_(\d+)\.pth", os.path.basename(path))
+        return (0, int(match[1])) if match else (1, 0)
+
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "model_*.pth")), key=order)
 
 
 class Checkpointer:
@@ -29,23 +42,44 @@ class Checkpointer:
 
     def save(self, name: str, **extra: Any) -> None:
         """Writes ``<name>.pth``. Call on every process: checkpointables may gather across processes;
-        only the one with ``save_to_disk`` writes."""
-        data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
-                **extra}
+        only the one with ``save_to_disk`` writes. Non-finite weights are never written: they raise
+        ``TrainingDivergedError`` naming the last good checkpoint instead."""
+        model_state = self.model.state_dict()
+        bad = non_finite_tensors(model_state)
+        if bad:
+            raise TrainingDivergedError(
+                f"the weights became non-finite ({len(bad)} of {len(model_state)} tensors: {group_keys(bad)}) and were "
+                f"not saved as {name}.pth. {self.continue_hint()}")
+        data = {"model": model_state, **{k: v.state_dict() for k, v in self.checkpointables.items()}, **extra}
         if not self.save_to_disk:
             return
-        os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
-        temporary = path + ".tmp"
-        torch.save(data, temporary)
-        os.replace(temporary, path)
         marker = os.path.join(self.save_dir, "last_checkpoint")
-        with open(marker + ".tmp", "w") as f:
-            f.write(os.path.basename(path))
-        os.replace(marker + ".tmp", marker)
+        try:
+            os.makedirs(self.save_dir, exist_ok=True)
+            torch.save(data, path + ".tmp")
+            os.replace(path + ".tmp", path)
+            with open(marker + ".tmp", "w") as f:
+                f.write(os.path.basename(path))
+            os.replace(marker + ".tmp", marker)
+        except (OSError, RuntimeError) as e:  # torch.save reports unwritable files as RuntimeError
+            for leftover in (path + ".tmp", marker + ".tmp"):
+                if os.path.isfile(leftover):
+                    os.remove(leftover)
+            raise CheckpointError(f"cannot write checkpoint {path} ({e}): make {self.save_dir} writable or free disk "
+                                  f"space (the checkpoints written before are intact). {self.continue_hint()}") from None
         logger.info("saved checkpoint %s", path)
 
+    def continue_hint(self) -> str:
+        """How to continue from the last checkpoint this folder holds (said when a run stops)."""
+        last = self.last_checkpoint()
+        if last is None:
+            return "No checkpoint was written yet: start again (e.g. with a lower SOLVER.OPTIMIZER.BASE_LR)."
+        return (f"The last good checkpoint is {last}: continue from it with --resume (e.g. with a lower "
+                f"SOLVER.OPTIMIZER.BASE_LR), or start a new run from its weights with MODEL.WEIGHTS {last}.")
+
     def last_checkpoint(self) -> str | None:
+        """The file ``last_checkpoint`` names, if it exists."""
         marker = os.path.join(self.save_dir, "last_checkpoint")
         if not os.path.isfile(marker):
             return None
@@ -69,12 +103,38 @@ class Checkpointer:
                 logger.warning("%s has no %s state; it starts fresh", path, key)
         return data
 
+    def resume(self, strict: bool = False) -> tuple[str, dict] | None:
+        """Restores everything from the checkpoint ``last_checkpoint`` names or, when the marker is
+        missing, names a missing file or a file that cannot be loaded, from the newest loadable
+        ``model_*.pth`` (saying which and why). None when the folder has no checkpoint at all."""
+        named = self.last_checkpoint()
+        candidates = ([named] if named else []) + [p for p in reversed(training_checkpoints(self.save_dir)) if p != named]
+        if not candidates:
+            return None
+        marker = os.path.join(self.save_dir, "last_checkpoint")
+        why = ("last_checkpoint names a file that is gone" if os.path.isfile(marker) else "there is no last_checkpoint") \
+            if not named else None
+        failures = []
+        for path in candidates:
+            try:
+                extra = self.load(path, with_state=True, strict=strict)
+            except CheckpointError as e:
+                failures.append(f"{os.path.basename(path)}: {e}")
+                logger.warning("cannot resume from %s (%s); trying an older checkpoint", path, e)
+                why = f"{os.path.basename(path)} cannot be loaded"
+                continue
+            if why:
+                logger.warning("--resume: %s, so resuming from %s, the newest checkpoint that loads", why, path)
+            return path, extra
+        raise CheckpointError(f"--resume: none of the checkpoints in {self.save_dir} can be loaded "
+                              f"({'; '.join(failures)}); start a new run in another OUTPUT_DIR")
+
     def resume_or_load(self, path: str, resume: bool, strict: bool = False) -> dict:
-        """With ``resume`` and a ``last_checkpoint`` in save_dir: restore everything from it.
+        """With ``resume`` and a checkpoint in save_dir: restore everything from it (see ``resume``).
         Otherwise load the model from ``path`` only (nothing if ``path`` is empty)."""
-        last = self.last_checkpoint() if resume else None
-        if last is not None:
-            return self.load(last, with_state=True, strict=strict)
+        resumed = self.resume(strict) if resume else None
+        if resumed is not None:
+            return resumed[1]
         if resume:
             logger.info("--resume: no checkpoint in %s, starting from MODEL.WEIGHTS", self.save_dir)
         return self.load(path, with_state=False, strict=strict) if path else {}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import random
+import re
 import sys
 from typing import Callable
 
@@ -16,11 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ifr.config import ConfigError
 from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
+from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ifr.utils import comm
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, training_checkpoints
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
 from .random_state import RandomStates
@@ -34,7 +37,11 @@ def default_argument_parser(description: str, test: bool = False) -> argparse.Ar
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Config overrides follow the flags, e.g.: SOLVER.OPTIMIZER.BASE_LR 0.01 "
                                             "MODEL.DEVICE cpu")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT_DIR's last checkpoint (or its newest loadable one) if present")
+    if not test:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start from iteration 0 although OUTPUT_DIR holds a run's checkpoints")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
     parser.add_argument("--num-machines", type=int, default=1)
@@ -66,8 +73,12 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
         console.setLevel(logging.WARNING)
     root.addHandler(console)
     if output_dir and rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        except OSError as e:
+            raise UserError(f"cannot write to OUTPUT_DIR {output_dir} ({e.strerror or e}): make it writable, or set "
+                            "OUTPUT_DIR to a folder you can write (e.g. OUTPUT_DIR /tmp/run1)") from None
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     return root
@@ -76,6 +87,8 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
 def resolve_device(cfg) -> torch.device:
     """MODEL.DEVICE, falling back to the CPU (said once in the log) when CUDA is unavailable."""
     device = cfg.MODEL.DEVICE
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"MODEL.DEVICE {device!r} is not a device this project runs on: use cuda, cuda:N or cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %r but no GPU is available: running on the CPU", device)
         cfg.MODEL.DEVICE = "cpu"
@@ -100,6 +113,10 @@ def scale_to_world_size(cfg, world_size: int) -> None:
     ratio = world_size / reference
     sched = solver.LR_SCHEDULER
     solver.IMS_PER_BATCH = solver.IMS_PER_DEVICE * world_size
+    if int(sched.MAX_ITER / ratio) < 1 <= sched.MAX_ITER:
+        raise ConfigError(f"SOLVER.LR_SCHEDULER.MAX_ITER {sched.MAX_ITER} for {reference} processes leaves no iteration "
+                          f"for {world_size}: raise MAX_ITER to at least {math.ceil(ratio)}, or keep IMS_PER_BATCH "
+                          f"{solver.IMS_PER_DEVICE * world_size} by setting SOLVER.IMS_PER_BATCH")
     sched.MAX_ITER = int(sched.MAX_ITER / ratio)
     sched.STEPS = tuple(int(s / ratio) for s in sched.STEPS)
     solver.CHECKPOINT_PERIOD = int(solver.CHECKPOINT_PERIOD / ratio)
@@ -160,6 +177,9 @@ class DefaultTrainer(SimpleTrainer):
 
     def __init__(self, cfg, build_model: Callable, show_progress: bool = True):
         self.cfg = cfg
+        if cfg.SOLVER.LR_SCHEDULER.MAX_ITER < 1:
+            raise ConfigError(f"SOLVER.LR_SCHEDULER.MAX_ITER is {cfg.SOLVER.LR_SCHEDULER.MAX_ITER}: training needs at "
+                              "least one iteration (to only evaluate, use pods_test or --eval-only)")
         check_datasets(cfg.DATASETS.TEST)  # not only after hours of training
         model = build_model(cfg).to(cfg.MODEL.DEVICE)
         logger.info("model:\n%s", model)
@@ -184,20 +204,40 @@ class DefaultTrainer(SimpleTrainer):
                    TensorboardWriter(cfg.OUTPUT_DIR)] if comm.is_main_process() else []
         self.register_hooks([
             LRSchedulerHook(optimizer, self.scheduler),
-            EquilibriumStatsHook(model),
+            EquilibriumStatsHook(model, period=cfg.TRAINER.WINDOW_SIZE),
             PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter),
             EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, model, show_progress and comm.is_main_process())
                      if cfg.DATASETS.TEST else {}),
             PeriodicWriter(writers, period=cfg.TRAINER.WINDOW_SIZE),
         ])
 
-    def resume_or_load(self, resume: bool) -> None:
-        resuming = resume and self.checkpointer.last_checkpoint() is not None
-        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-        # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
-        self.start_iter = extra.get("iteration", -1) + 1 if resuming else 0
-        if self.start_iter > 0:  # continue the data stream where the checkpointed run was
-            self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
+    def resume_or_load(self, resume: bool, overwrite: bool = False) -> None:
+        """``resume``: continue from the newest loadable checkpoint of OUTPUT_DIR (``Checkpointer.resume``).
+        Otherwise start at iteration 0 from MODEL.WEIGHTS, which over a folder that already holds a
+        run's checkpoints (they would be overwritten one by one) needs ``overwrite``."""
+        resumed = self.checkpointer.resume() if resume else None
+        if resumed is not None:
+            # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
+            self.start_iter = resumed[1].get("iteration", -1) + 1
+            if self.start_iter > 0:  # continue the data stream where the checkpointed run was
+                self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
+            return
+        existing = training_checkpoints(self.cfg.OUTPUT_DIR)
+        if resume:
+            logger.info("--resume: no checkpoint in %s, starting from MODEL.WEIGHTS", self.cfg.OUTPUT_DIR)
+        elif existing and not overwrite:
+            raise UserError(f"{self.cfg.OUTPUT_DIR} already holds the checkpoints of a run "
+                            f"({', '.join(os.path.basename(p) for p in existing[-3:])}): continue it with --resume, "
+                            "start over with --overwrite (its checkpoints are replaced as the new run saves), or "
+                            "set another OUTPUT_DIR")
+        self.start_iter = 0
+        if self.cfg.MODEL.WEIGHTS:
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS)
 
     def train(self) -> None:
-        super().train(self.start_iter, self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
+        try:
+            super().train(self.start_iter, self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
+        except TrainingDivergedError as e:
+            if "last good checkpoint" in str(e) or "No checkpoint was written" in str(e):
+                raise
+            raise TrainingDivergedError(f"{e}. {self.checkpointer.continue_hint()}") from None

@@ -117,9 +117,8 @@ class SimpleTrainer:
         losses = sum(loss_dict.values())
         if not torch.isfinite(losses):
             raise TrainingDivergedError(
-                f"loss became non-finite at iteration {self.iter}: {', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())}. "
-                "The last checkpoint is kept (resume with --resume); lower SOLVER.OPTIMIZER.BASE_LR or lengthen "
-                "SOLVER.LR_SCHEDULER.WARMUP_ITERS")
+                f"loss became non-finite at iteration {self.iter}: {', '.join(f'{k}={v.item():.4g}' for k, v in loss_dict.items())} "
+                "(lower SOLVER.OPTIMIZER.BASE_LR or lengthen SOLVER.LR_SCHEDULER.WARMUP_ITERS)")
         losses = losses / self.batch_subdivisions
         if self.grad_scaler is not None:
             self.grad_scaler.scale(losses).backward()

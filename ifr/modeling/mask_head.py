@@ -42,6 +42,12 @@ class _UpsamplePredictor(nn.Module):
     def in_layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _store_weights_in_layout(self) -> None:
+        """Weights in the layout the head computes in, so their gradients have the weights' strides
+        (DDP's gradient buckets expect that; otherwise it warns and copies every step)."""
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
 
 class ConvUpsampleMaskHead(_UpsamplePredictor):
     """Mask R-CNN's head: ``num_conv`` x (3x3 conv [+ norm] + ReLU), parameters ``mask_fcn{i}``."""
@@ -54,6 +60,7 @@ class ConvUpsampleMaskHead(_UpsamplePredictor):
             conv = Conv3x3NormReLU(in_channels if i == 0 else conv_dim, conv_dim, norm, "MODEL.ROI_MASK_HEAD.NORM")
             self.add_module(f"mask_fcn{i + 1}", conv)
             self.conv_names.append(f"mask_fcn{i + 1}")
+        self._store_weights_in_layout()
 
     def forward(self, x: torch.Tensor, iteration: int | None = None) -> torch.Tensor:
         x = self.in_layout(x)
@@ -75,6 +82,7 @@ class RefinementMaskHead(_UpsamplePredictor):
                  cls_agnostic: bool = False, channels_last: bool = False):
         super().__init__(conv_dim, num_classes, cls_agnostic, channels_last)
         self.refinement = refinement
+        self._store_weights_in_layout()
 
     def forward(self, x: torch.Tensor, iteration: int | None = None) -> torch.Tensor:
         return self.predict(self.refinement(self.in_layout(x), iteration=iteration))

@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
 from ifr.data import dataset_class_names, get_metadata, read_image
+from ifr.data.mapper import ImageReadError
 from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
 from ifr.visualization import draw_instances
@@ -74,15 +75,35 @@ def run(args) -> None:
     predictor = DefaultPredictor(config, model)
     names = class_names(config)
     output = args.output or os.path.join(config.OUTPUT_DIR, "demo")
-    os.makedirs(output, exist_ok=True)
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the pictures to {output} ({e.strerror or e}): pass --output with a folder "
+                        "you can write") from None
+    unreadable = []
     for path, name in zip(tqdm(files, desc="demo", disable=len(files) < 2), output_names(files)):
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except ImageReadError as e:  # draw the others; the unreadable ones are listed at the end
+            logger.warning("skipping %s", e)
+            unreadable.append(path)
+            continue
         instances = {k: v.cpu() for k, v in predictor(image).items()}
         drawn = draw_instances(F.pil_to_tensor(image), instances, names, args.confidence_threshold)
-        F.to_pil_image(drawn).save(os.path.join(output, name))
+        try:
+            F.to_pil_image(drawn).save(os.path.join(output, name))
+        except OSError as e:
+            raise UserError(f"cannot write {os.path.join(output, name)} ({e.strerror or e}): pass --output with a "
+                            "folder you can write") from None
         shown = int((instances["scores"] >= args.confidence_threshold).sum())
         logger.info("%s: %d detections, %d drawn (score >= %.2f) -> %s", path, len(instances["scores"]), shown,
                     args.confidence_threshold, os.path.join(output, name))
+    if len(unreadable) == len(files):
+        raise UserError(f"none of the {len(files)} images could be read ({', '.join(unreadable[:3])}"
+                        f"{', ...' if len(files) > 3 else ''})")
+    if unreadable:
+        logger.warning("drew %d of %d images; %d could not be read: %s", len(files) - len(unreadable), len(files),
+                       len(unreadable), ", ".join(unreadable))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,13 +28,14 @@ def run(args) -> None:
     config.merge(small_model_overrides(args.max_iter, experiment=args.experiment))
     config.merge_from_list(args.opts)
     default_setup(config, args)
-    if args.eval_only:  # re-evaluate the trained model (e.g. to time inference on an idle machine)
+    if args.eval_only or args.max_iter == 0:  # the trained model again, or the untrained baseline
         model = build_model(config).to(config.MODEL.DEVICE)
-        Checkpointer(model, config.OUTPUT_DIR).load(os.path.join(config.OUTPUT_DIR, "model_final.pth"), strict=True)
+        if args.eval_only:
+            Checkpointer(model, config.OUTPUT_DIR).load(os.path.join(config.OUTPUT_DIR, "model_final.pth"), strict=True)
         evaluate(config, model, show_progress=not args.no_progress)
         return
     trainer = DefaultTrainer(config, build_model, show_progress=not args.no_progress)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
     trainer.train()  # evaluates on DATASETS.TEST after the last iteration
 
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-iter", type=int, default=800, help="training iterations (default 800)")
     parser.add_argument("--experiment", default=IFR_EXPERIMENT, help="experiment folder (default: the IFR one)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="train again from scratch over a previous run")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the trained model_final.pth")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during evaluation")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

@@ -25,11 +25,14 @@ def checkpoint_iteration(path: str, max_iter: int) -> int:
 
 
 def checkpoints_to_evaluate(cfg, args) -> list[str]:
-    if "MODEL.WEIGHTS" in args.opts[::2]:
+    """MODEL.WEIGHTS when the command line names a file; otherwise (also for ``MODEL.WEIGHTS ''``) the
+    folder's checkpoints: the newest, or those of --start-iter / --end-iter."""
+    if "MODEL.WEIGHTS" in args.opts[::2] and cfg.MODEL.WEIGHTS:
         return [cfg.MODEL.WEIGHTS]
-    files = sorted(glob.glob(os.path.join(cfg.OUTPUT_DIR, "model_*.pth")), key=os.path.getmtime)
+    files = sorted(glob.glob(os.path.join(glob.escape(cfg.OUTPUT_DIR), "model_*.pth")), key=os.path.getmtime)
     if not files:
-        raise UserError(f"no checkpoints model_*.pth in {cfg.OUTPUT_DIR}: train first, or pass MODEL.WEIGHTS /path.pth")
+        raise UserError(f"no checkpoints model_*.pth in {cfg.OUTPUT_DIR} to evaluate: train first, or pass "
+                        "MODEL.WEIGHTS /path/to/model.pth")
     if args.start_iter is None and args.end_iter is None:
         return files[-1:]
     start = args.start_iter if args.start_iter is not None else 0

@@ -7,6 +7,7 @@ import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, evaluate
 from ifr.engine.launch import launch
+from ifr.errors import UserError
 from ifr.utils import comm
 
 from .experiment import load_experiment, run_reporting_user_errors
@@ -23,11 +24,16 @@ def train_worker(args) -> None:
     default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
     if args.eval_only:
         model = build_model(config).to(config.MODEL.DEVICE)
-        Checkpointer(model, config.OUTPUT_DIR).resume_or_load(config.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = Checkpointer(model, config.OUTPUT_DIR)
+        if (checkpointer.resume() if args.resume else None) is None:
+            if not config.MODEL.WEIGHTS:
+                raise UserError("--eval-only needs weights: MODEL.WEIGHTS /path/to/model_final.pth, or --resume to "
+                                f"evaluate the newest checkpoint of {config.OUTPUT_DIR}")
+            checkpointer.load(config.MODEL.WEIGHTS)
         evaluate(config, model)
         return
     trainer = DefaultTrainer(config, build_model)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
     trainer.train()
 
 
