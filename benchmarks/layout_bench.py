@@ -9,8 +9,10 @@ GroupNorm in channels_last loses precision), three layouts:
 * ``channels_last, plain GroupNorm``: what the default was before (nn.GroupNorm in the block).
 
 Columns: inference time (no grad) and training-step time (forward + backward) relative to NCHW, and the
-float32 relative error of the input gradient against float64 (the implicit head solves to 1e-6 so
-the solve tolerance does not hide the precision).
+float32 relative error of the input gradient against float64, per RoI: the median over RoIs, and the
+largest (the implicit head solves to 1e-6 so the solve tolerance does not hide the precision). The
+largest is dominated by ReLU kinks: where float32 rounding moves one pre-activation across zero,
+that RoI's gradient changes by ~1e-3 whatever the layout; the median shows the arithmetic's precision.
 
 Run (in the virtual environment): ``python benchmarks/layout_bench.py [--rois 100] [--repeats 3]``.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import time
 
 import torch
@@ -64,6 +67,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def measure(head: str, layout: str, x: torch.Tensor, upstream: torch.Tensor, repeats: int) -> dict:
+    logging.getLogger("ifr").setLevel(logging.ERROR)  # the heads' notes on settings they do not read
     model = build(head, layout)
     with plain_group_norm(layout.endswith("plain GroupNorm")):
         def infer():
@@ -81,14 +85,15 @@ def measure(head: str, layout: str, x: torch.Tensor, upstream: torch.Tensor, rep
             inputs = x.detach().to(dtype).clone().requires_grad_()
             (model(inputs, iteration=0) * upstream.to(dtype)).sum().backward()
             grads[dtype] = inputs.grad.double()
-    error = ((grads[torch.float32] - grads[torch.float64]).norm() / grads[torch.float64].norm()).item()
-    return {"inference": inference, "training": training, "error": error}
+    per_roi = ((grads[torch.float32] - grads[torch.float64]).flatten(1).norm(dim=1)
+               / grads[torch.float64].flatten(1).norm(dim=1))
+    return {"inference": inference, "training": training, "median": per_roi.median().item(), "max": per_roi.max().item()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rois", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     x = torch.randn(args.rois, 256, 14, 14, generator=torch.Generator().manual_seed(1)) + 30
     upstream = torch.randn(args.rois, 80, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -98,10 +103,11 @@ def main() -> None:
         base = results["nchw"]
         for layout, r in results.items():
             rows.append([head, layout, f"{r['inference']:.3f}", f"{r['inference'] / base['inference']:.2f}",
-                         f"{r['training']:.3f}", f"{r['training'] / base['training']:.2f}", f"{r['error']:.1e}"])
+                         f"{r['training']:.3f}", f"{r['training'] / base['training']:.2f}", f"{r['median']:.1e}",
+                         f"{r['max']:.1e}"])
     print(f"{args.rois} RoIs, 256 channels, 14 x 14, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(tabulate(rows, headers=["mask head", "layout", "inference s", "/ nchw", "train step s", "/ nchw",
-                                  "float32 grad error"], tablefmt="github"))
+                                  "grad error median", "grad error max"], tablefmt="github"))
 
 
 if __name__ == "__main__":

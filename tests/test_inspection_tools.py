@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -161,3 +162,24 @@ def test_default_solve_matches_a_slow_reference_solve(trained):
     rows = compute_knob.compute_knob(config, model, [default], slow)
     assert rows[0]["min IoU"] >= 0.99
     assert abs(rows[0]["mask AP"] - rows[1]["mask AP"]) < 0.05
+
+
+def test_demo_draws_every_readable_image_and_lists_the_others(trained, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(2):
+        shutil.copy(_val_image(index), images / f"good{index}.png")
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "drawn"
+    demo.main(["--quickstart", "--input", str(images), "--output", str(out), *TINY])
+    assert sorted(os.listdir(out)) == ["good0.png", "good1.png"]
+    # nothing readable: one error line; an output folder that cannot be written: one error line
+    with pytest.raises(SystemExit) as info:
+        demo.main(["--quickstart", "--input", str(images / "broken.png"), "--output", str(out), *TINY])
+    assert info.value.code == 2
+    assert "none of the 1 images could be read" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as info:
+        demo.main(["--quickstart", "--input", str(images), "--output", str(tmp_path / "a_file" / "x"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "cannot write the pictures to" in err
