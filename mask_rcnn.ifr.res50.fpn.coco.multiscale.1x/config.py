@@ -1,15 +1,14 @@
 """Mask R-CNN R50-FPN with the IFR mask head, multi-scale training, 1x schedule (36.3 mask AP in the paper)."""
 from ifr.config import RCNNFPNConfig, experiment_output_dir
+from ifr.evaluation import expected
 
 _config_dict = dict(
     MODEL=dict(
         WEIGHTS="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
         MASK_ON=True,
         RESNETS=dict(DEPTH=50),
-        # The IFR head's settings (PRETRAINED_STEPS 50000, F_SOLVER broyden, F_THRES / B_THRES 15,
-        # F_TOL / B_TOL 1e-4, ...) are the base config's MODEL.ROI_MASK_HEAD defaults; override them
-        # here or on the command line. For the released checkpoints' exact solve:
-        # MODEL.ROI_MASK_HEAD.F_SOLVER broyden_cvpods MODEL.ROI_MASK_HEAD.F_TOL 1e-5.
+        # The IFR head's settings are the base config's MODEL.ROI_MASK_HEAD defaults. The released
+        # checkpoints' exact solve: MODEL.ROI_MASK_HEAD.F_SOLVER broyden_cvpods MODEL.ROI_MASK_HEAD.F_TOL 1e-5
     ),
     DATASETS=dict(TRAIN=("coco_2017_train",), TEST=("coco_2017_val",)),
     SOLVER=dict(
@@ -24,11 +23,12 @@ _config_dict = dict(
                                             sample_style="choice")),
                 ("RandomFlip", dict()),
             ],
-            TEST_PIPELINES=[
-                ("ResizeShortestEdge", dict(short_edge_length=800, max_size=1333, sample_style="choice")),
-            ],
         )
     ),
+    # The paper's COCO val2017 mask AP: `sh pods_test.sh MODEL.WEIGHTS <released model_final.pth>` fails
+    # unless it reproduces it (within ifr.evaluation.PUBLISHED_TOLERANCE).
+    TEST=dict(EXPECTED_RESULTS=expected("segm", "coco_2017_val",
+                                         AP=36.3, AP50=56.8, AP75=39.2, APs=17.3, APm=39.0, APl=52.2)),
     OUTPUT_DIR=experiment_output_dir(__file__),
 )
 

@@ -158,7 +158,16 @@ _RCNN_FPN_DEFAULTS = dict(
         # gradients are accumulated before one optimizer step (same batch and LR, less memory).
         BATCH_SUBDIVISIONS=1,
     ),
-    TEST=dict(EVAL_PERIOD=0, DETECTIONS_PER_IMAGE=100),
+    TEST=dict(
+        EVAL_PERIOD=0,
+        DETECTIONS_PER_IMAGE=100,
+        # Test-time augmentation (cvpods' keys and defaults): every short edge of MIN_SIZES (long edge
+        # at most MAX_SIZE), each also flipped with FLIP; see ifr.modeling.test_time_augmentation.
+        AUG=dict(ENABLED=False, MIN_SIZES=(400, 500, 600, 700, 800, 900, 1000, 1100, 1200), MAX_SIZE=4000, FLIP=True),
+        # [task, metric, value, tolerance] (cvpods / detectron2), optionally a 5th entry naming the
+        # dataset it holds for: checked after evaluating one model; a mismatch fails the command.
+        EXPECTED_RESULTS=[],
+    ),
     TRAINER=dict(WINDOW_SIZE=20, FP16=dict(ENABLED=False)),
     OUTPUT_DIR="./output",
     SEED=-1,

@@ -11,7 +11,7 @@ from ifr.errors import UserError
 
 from .catalog import get_dataset_dicts, get_metadata
 from .coco import check_coco_paths
-from .mapper import DatasetMapper, ImageReadError
+from .mapper import DatasetMapper, ImageReadError, TTADatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,15 @@ def check_datasets(dataset_names) -> None:
             check_coco_paths(metadata["json_file"], metadata.get("image_root"))
 
 
-def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """One image per batch, this process's shard of the dataset, in order."""
+def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1, tta: bool = False) -> DataLoader:
+    """One image per batch, this process's shard of the dataset, in order. With ``tta`` each image
+    comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES."""
     records = get_dataset_dicts(dataset_name)
-    mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=False, mask_on=cfg.MODEL.MASK_ON)
+    if tta:
+        aug = cfg.TEST.AUG
+        mapper = TTADatasetMapper(aug.MIN_SIZES, aug.MAX_SIZE, aug.FLIP, cfg.INPUT.FORMAT)
+    else:
+        mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=False,
+                               mask_on=cfg.MODEL.MASK_ON)
     return DataLoader(MapDataset(records, mapper), batch_size=1, sampler=InferenceSampler(len(records), rank, world_size),
                       collate_fn=_as_list, num_workers=cfg.DATALOADER.NUM_WORKERS)

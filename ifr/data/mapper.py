@@ -91,3 +91,28 @@ class DatasetMapper:
         out["image"] = to_format(F.pil_to_tensor(image), self.image_format)
         out["instances"] = instances
         return out
+
+
+class TTADatasetMapper:
+    """Record -> ``{"height", "width", "image_id", "file_name", "views"}`` for test-time augmentation:
+    one view per short edge in ``min_sizes`` (long edge at most ``max_size``, resized as the test
+    pipeline's ResizeShortestEdge resizes), each also horizontally flipped with ``flip``. A view is
+    ``{"image": (3, h, w) uint8 tensor in ``image_format``, "flip": bool}``."""
+
+    def __init__(self, min_sizes, max_size: int, flip: bool, image_format: str = "BGR"):
+        self.resizes = [build_augmentation([("ResizeShortestEdge", dict(short_edge_length=int(size), max_size=max_size,
+                                                                        sample_style="choice"))])
+                        for size in min_sizes]
+        self.flip = flip
+        self.image_format = image_format
+
+    def __call__(self, record: dict) -> dict:
+        image = read_image(record["file_name"])
+        views = []
+        for resize in self.resizes:
+            tensor = to_format(F.pil_to_tensor(resize(image)), self.image_format)
+            views.append({"image": tensor, "flip": False})
+            if self.flip:
+                views.append({"image": tensor.flip(-1), "flip": True})
+        return {"height": record["height"], "width": record["width"], "image_id": record["image_id"],
+                "file_name": record["file_name"], "views": views}

@@ -19,7 +19,8 @@ from ifr.config import ConfigError
 from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.errors import TrainingDivergedError, UserError
-from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
+from ifr.modeling.test_time_augmentation import build_tta_model
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ifr.utils import comm
 
@@ -160,15 +161,31 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> CO
 
 
 def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
-    """Evaluates on every DATASETS.TEST entry; prints the COCO tables and copypaste lines."""
+    """Evaluates on every DATASETS.TEST entry (with TEST.AUG.ENABLED, with test-time augmentation);
+    prints the COCO tables and copypaste lines. Returns ``{task: {metric: value}}`` for one dataset,
+    ``{dataset: ...}`` for several."""
+    tta = build_tta_model(cfg, model)
+    if tta is not None:
+        logger.info("test-time augmentation: short edges %s (long edge <= %d)%s", list(cfg.TEST.AUG.MIN_SIZES),
+                    cfg.TEST.AUG.MAX_SIZE, ", each also flipped" if cfg.TEST.AUG.FLIP else "")
     results = {}
     for name in cfg.DATASETS.TEST:
-        loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())  # merged by the evaluator
-        scores = inference_on_dataset(model, loader, build_evaluator(cfg, name), show_progress)
+        loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size(), tta=tta is not None)
+        scores = inference_on_dataset(tta or model, loader, build_evaluator(cfg, name), show_progress)
         logger.info("Evaluation results for %s in csv format:", name)
         print_csv_format(scores)
         results[name] = scores
     return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+
+
+def check_expected_results(cfg, results: dict) -> None:
+    """TEST.EXPECTED_RESULTS against the results ``evaluate`` returned (on the main process, which
+    holds them): a mismatch raises ``ResultsMismatch`` (the command then fails)."""
+    if not comm.is_main_process() or not cfg.DATASETS.TEST:
+        return
+    per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+    for name, scores in per_dataset.items():
+        verify_results(cfg.TEST.EXPECTED_RESULTS, scores, name)
 
 
 class DefaultTrainer(SimpleTrainer):
@@ -202,12 +219,14 @@ class DefaultTrainer(SimpleTrainer):
         writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE),
                    JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
                    TensorboardWriter(cfg.OUTPUT_DIR)] if comm.is_main_process() else []
+        self.eval_hook = EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, model, show_progress and
+                                                                         comm.is_main_process())
+                                  if cfg.DATASETS.TEST else {})
         self.register_hooks([
             LRSchedulerHook(optimizer, self.scheduler),
             EquilibriumStatsHook(model, period=cfg.TRAINER.WINDOW_SIZE),
             PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter),
-            EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, model, show_progress and comm.is_main_process())
-                     if cfg.DATASETS.TEST else {}),
+            self.eval_hook,
             PeriodicWriter(writers, period=cfg.TRAINER.WINDOW_SIZE),
         ])
 
@@ -241,3 +260,5 @@ class DefaultTrainer(SimpleTrainer):
             if "last good checkpoint" in str(e) or "No checkpoint was written" in str(e):
                 raise
             raise TrainingDivergedError(f"{e}. {self.checkpointer.continue_hint()}") from None
+        if self.eval_hook.last_results:  # the final model's evaluation
+            check_expected_results(self.cfg, self.eval_hook.last_results)

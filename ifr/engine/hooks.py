@@ -55,9 +55,10 @@ class EvalHook(HookBase):
     def __init__(self, period: int, evaluate):
         self.period, self.evaluate = period, evaluate
         self._final_done = False
+        self.last_results: dict | None = None
 
     def _run(self) -> None:
-        results = self.evaluate()
+        results = self.last_results = self.evaluate()
         for task, scores in (results or {}).items():
             for name, value in scores.items():
                 if "-" not in name:

@@ -11,6 +11,7 @@ import re
 
 from ifr.data import check_datasets
 from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
+from ifr.engine.defaults import check_expected_results
 from ifr.engine.launch import launch
 from ifr.errors import UserError
 from ifr.utils import comm
@@ -52,10 +53,14 @@ def test_worker(args) -> None:
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset, e.g. DATASETS.TEST \"('coco_2017_val',)\"")
     check_datasets(config.DATASETS.TEST)
-    for path in checkpoints_to_evaluate(config, args):
+    paths = checkpoints_to_evaluate(config, args)
+    for path in paths:
         model = build_model(config).to(config.MODEL.DEVICE)
         Checkpointer(model, config.OUTPUT_DIR).resume_or_load(path, resume=args.resume, strict=True)
-        evaluate(config, model)
+        results = evaluate(config, model)
+    # The expected results describe one model (e.g. a released model_final.pth), not a range of checkpoints.
+    if len(paths) == 1:
+        check_expected_results(config, results)
 
 
 def run(args) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, evaluate
+from ifr.engine.defaults import check_expected_results
 from ifr.engine.launch import launch
 from ifr.errors import UserError
 from ifr.utils import comm
@@ -30,7 +31,7 @@ def train_worker(args) -> None:
                 raise UserError("--eval-only needs weights: MODEL.WEIGHTS /path/to/model_final.pth, or --resume to "
                                 f"evaluate the newest checkpoint of {config.OUTPUT_DIR}")
             checkpointer.load(config.MODEL.WEIGHTS)
-        evaluate(config, model)
+        check_expected_results(config, evaluate(config, model))
         return
     trainer = DefaultTrainer(config, build_model)
     trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
