@@ -1,0 +1,1 @@
+"""IFR outside this project's own detectors (``ifr.integrations.torchvision``: torchvision's Mask R-CNN)."""
