@@ -117,11 +117,15 @@ def check_datasets(dataset_names) -> None:
             check_coco_paths(metadata["json_file"], metadata.get("image_root"))
 
 
-def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1, tta: bool = False) -> DataLoader:
+def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1, tta: bool = False,
+                      with_boxes: bool = False) -> DataLoader:
     """One image per batch, this process's shard of the dataset, in order. With ``tta`` each image
-    comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES."""
+    comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES; with
+    ``with_boxes`` it carries its ground-truth ``instances`` (boxes, classes) at the input size."""
     records = get_dataset_dicts(dataset_name)
-    if tta:
+    if with_boxes:  # the annotated mapping of training, with the test pipeline's deterministic resize
+        mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=False)
+    elif tta:
         aug = cfg.TEST.AUG
         mapper = TTADatasetMapper(aug.MIN_SIZES, aug.MAX_SIZE, aug.FLIP, cfg.INPUT.FORMAT)
     else:

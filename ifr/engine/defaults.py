@@ -20,6 +20,7 @@ from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
+from ifr.modeling.oracle import GroundTruthBoxesMaskPredictor
 from ifr.modeling.test_time_augmentation import build_tta_model
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ifr.utils import comm
@@ -165,13 +166,23 @@ def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
     prints the COCO tables and copypaste lines. Returns ``{task: {metric: value}}`` for one dataset,
     ``{dataset: ...}`` for several."""
     tta = build_tta_model(cfg, model)
+    oracle = cfg.TEST.ORACLE_BOXES
+    if oracle and (tta is not None or not cfg.MODEL.MASK_ON):
+        raise ConfigError("TEST.ORACLE_BOXES evaluates the mask head on the ground-truth boxes: it needs "
+                          "MODEL.MASK_ON True and no TEST.AUG")
     if tta is not None:
         logger.info("test-time augmentation: short edges %s (long edge <= %d)%s", list(cfg.TEST.AUG.MIN_SIZES),
                     cfg.TEST.AUG.MAX_SIZE, ", each also flipped" if cfg.TEST.AUG.FLIP else "")
+    evaluated = GroundTruthBoxesMaskPredictor(model) if oracle else (tta or model)
     results = {}
     for name in cfg.DATASETS.TEST:
-        loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size(), tta=tta is not None)
-        scores = inference_on_dataset(tta or model, loader, build_evaluator(cfg, name), show_progress)
+        loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size(), tta=tta is not None,
+                                   with_boxes=oracle)
+        if oracle:
+            logger.info("TEST.ORACLE_BOXES: masks on the ground-truth boxes of %s (box AP is 100 by construction)",
+                        name)
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference_oracle_boxes" if oracle else "inference")
+        scores = inference_on_dataset(evaluated, loader, build_evaluator(cfg, name, output_dir), show_progress)
         logger.info("Evaluation results for %s in csv format:", name)
         print_csv_format(scores)
         results[name] = scores
