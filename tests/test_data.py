@@ -168,3 +168,39 @@ def test_map_dataset_augmentation_depends_on_the_sample_seed_only():
     a, b = dataset[(0, 7)], dataset[(0, 7)]
     torch.rand(5)  # whatever else consumed random numbers in between
     assert torch.equal(a, b) and torch.equal(dataset[(0, 7)], a) and not torch.equal(dataset[(0, 8)], a)
+
+
+def test_hard_dataset_is_deterministic_with_holes_and_occlusion_that_round_trip(tmp_path):
+    from pycocotools import mask as mask_util
+
+    from ifr.data.synthetic_hard import HARD
+
+    digests = []
+    for name in ("a", "b"):
+        generate_split(str(tmp_path / name), "val", HARD)
+        digest = hashlib.sha256(open(tmp_path / name / "annotations" / "instances_val.json", "rb").read())
+        digest.update(open(tmp_path / name / "val" / "000003.png", "rb").read())
+        digests.append(digest.hexdigest())
+    assert digests[0] == digests[1]
+    coco = json.load(open(tmp_path / "a" / "annotations" / "instances_val.json"))
+    assert [c["name"] for c in coco["categories"]] == ["star", "crescent", "ring", "stroke", "spiral"]
+    per_image = {}
+    for a in coco["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    holes = occluded = 0
+    for annotations in per_image.values():
+        masks = [mask_util.decode(a["segmentation"]) for a in annotations]
+        for a, mask in zip(annotations, masks):
+            assert mask.sum() == a["area"] and isinstance(a["segmentation"]["counts"], str)  # RLE, exact
+            x, y, w, h = (int(v) for v in a["bbox"])
+            box = mask[y:y + h, x:x + w]
+            assert box[0].any() and box[-1].any() and box[:, 0].any() and box[:, -1].any()  # tight boxes
+            if a["category_id"] == 3 and box[h // 2, w // 2] == 0:
+                holes += 1  # a ring's centre is background inside its mask
+        stacked = np.stack(masks).astype(int)
+        assert stacked.sum(0).max() <= 1  # visible masks never overlap: occluders are excluded
+        # an occluded object's visible mask borders its occluder's
+        grown = [(m | np.roll(m, 1, 0) | np.roll(m, -1, 0) | np.roll(m, 1, 1) | np.roll(m, -1, 1)) for m in masks]
+        occluded += sum(int((g & other).any()) for i, g in enumerate(grown) for j, other in enumerate(masks) if i < j)
+    assert holes >= 5 and occluded >= 20
+    assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3, 4, 5}

@@ -11,8 +11,8 @@ from ifr.paths import datasets_root
 
 from .catalog import register_dataset
 from .coco import load_coco_json
-from .synthetic import CLASSES as SYNTHETIC_CLASSES
-from .synthetic import ensure_synthetic_dataset
+from .synthetic import SHAPES, SyntheticDataset, ensure_synthetic_dataset
+from .synthetic_hard import HARD
 
 # name -> (folder under the root, json file under that folder, image folder under that folder)
 COCO_SPLITS = {
@@ -22,7 +22,10 @@ COCO_SPLITS = {
 SYNTHETIC_SPLITS = {
     "synthetic_shapes_train": ("synthetic_shapes", "annotations/instances_train.json", "train"),
     "synthetic_shapes_val": ("synthetic_shapes", "annotations/instances_val.json", "val"),
+    "synthetic_hard_train": ("synthetic_hard", "annotations/instances_train.json", "train"),
+    "synthetic_hard_val": ("synthetic_hard", "annotations/instances_val.json", "val"),
 }
+SYNTHETIC_DATASETS = {"synthetic_shapes": SHAPES, "synthetic_hard": HARD}  # folder -> generator
 
 
 # The 80 COCO thing classes in contiguous-id order (sorted category id), so class names are known
@@ -42,9 +45,10 @@ COCO_THING_CLASSES = (
 
 def _paths(folder: str, json_file: str, image_dir: str, synthetic: bool) -> dict:
     base = os.path.join(datasets_root(), folder)
-    if synthetic:
-        ensure_synthetic_dataset(base)
-    classes = {"thing_classes": SYNTHETIC_CLASSES} if synthetic else {"thing_classes": COCO_THING_CLASSES}
+    generator: SyntheticDataset | None = SYNTHETIC_DATASETS[folder] if synthetic else None
+    if generator is not None:
+        ensure_synthetic_dataset(base, generator)
+    classes = {"thing_classes": generator.classes if generator else COCO_THING_CLASSES}
     return {"json_file": os.path.join(base, json_file), "image_root": os.path.join(base, image_dir),
             "evaluator_type": "coco", "synthetic": synthetic, **classes}
 

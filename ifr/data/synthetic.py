@@ -12,6 +12,8 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -59,6 +61,7 @@ def _rasterize(kind: str, polygon, height: int, width: int) -> np.ndarray:
 
 
 def _render_image(rng: np.random.Generator, height: int, width: int):
+    """An image with 1-4 non-overlapping shapes: (image, [(class index, segmentation, mask), ...])."""
     image = _background(rng, height, width)
     objects, boxes = [], []
     for _ in range(int(rng.integers(1, 5))):
@@ -78,60 +81,78 @@ def _render_image(rng: np.random.Generator, height: int, width: int):
             continue
         color = rng.uniform(0, 255, 3)
         image[mask.astype(bool)] = np.clip(color + rng.normal(0, 6, (int(mask.sum()), 3)), 0, 255).astype(np.uint8)
-        objects.append((kind, polygon, mask))
+        segmentation = rle_segmentation(mask) if kind == "ellipse" else [[round(v, 2) for p in polygon for v in p]]
+        objects.append((CLASSES.index(kind), segmentation, mask))
     return image, objects
 
 
-def _annotation(kind: str, polygon, mask: np.ndarray, ann_id: int, image_id: int) -> dict:
+def rle_segmentation(mask: np.ndarray) -> dict:
+    """(H, W) uint8 mask -> COCO compressed RLE with a JSON-serialisable ``counts``."""
+    rle = mask_util.encode(np.asfortranarray(mask))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    """A generated COCO-format dataset: ``render(rng, height, width)`` draws one image and returns
+    ``(image (H, W, 3) uint8, [(class index, COCO segmentation, (H, W) uint8 mask), ...])``."""
+
+    description: str
+    classes: tuple[str, ...]
+    splits: dict  # split -> (number of images, seed)
+    image_sizes: tuple[tuple[int, int], ...]  # (height, width) choices
+    render: Callable
+    version: int  # bump when the generator changes, so stale copies are regenerated
+
+
+SHAPES = SyntheticDataset("IFR synthetic shapes", CLASSES, SPLITS, IMAGE_SIZES, _render_image, VERSION)
+
+
+def _annotation(class_index: int, segmentation, mask: np.ndarray, ann_id: int, image_id: int) -> dict:
     ys, xs = np.nonzero(mask)
     bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-    if kind == "ellipse":
-        rle = mask_util.encode(np.asfortranarray(mask))
-        segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-    else:
-        segmentation = [[round(v, 2) for point in polygon for v in point]]
-    return {"id": ann_id, "image_id": image_id, "category_id": CLASSES.index(kind) + 1, "bbox": bbox,
+    return {"id": ann_id, "image_id": image_id, "category_id": class_index + 1, "bbox": bbox,
             "area": float(mask.sum()), "iscrowd": 0, "segmentation": segmentation}
 
 
-def generate_split(root: str, split: str) -> None:
+def generate_split(root: str, split: str, dataset: SyntheticDataset = SHAPES) -> None:
     """Writes ``root/<split>/*.png`` and ``root/annotations/instances_<split>.json``."""
-    num_images, seed = SPLITS[split]
+    num_images, seed = dataset.splits[split]
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(root, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
-        height, width = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
-        image, objects = _render_image(rng, height, width)
+        height, width = dataset.image_sizes[int(rng.integers(len(dataset.image_sizes)))]
+        image, objects = dataset.render(rng, height, width)
         file_name = f"{image_id:06d}.png"
         Image.fromarray(image).save(os.path.join(image_dir, file_name))
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for kind, polygon, mask in objects:
-            annotations.append(_annotation(kind, polygon, mask, len(annotations) + 1, image_id))
+        for class_index, segmentation, mask in objects:
+            annotations.append(_annotation(class_index, segmentation, mask, len(annotations) + 1, image_id))
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(dataset.classes)]
     with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
-        json.dump({"images": images, "annotations": annotations, "info": {"description": "IFR synthetic shapes"},
-                   "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]},
-                  f)
+        json.dump({"images": images, "annotations": annotations, "info": {"description": dataset.description},
+                   "categories": categories}, f)
 
 
-def ensure_synthetic_dataset(root: str) -> str:
+def ensure_synthetic_dataset(root: str, dataset: SyntheticDataset = SHAPES) -> str:
     """Generates the dataset under ``root`` unless it is already complete; returns ``root``.
 
     Generation happens in a temporary sibling folder renamed into place, so concurrent processes
     never see a half-written dataset.
     """
-    marker = os.path.join(root, f"COMPLETE_v{VERSION}")
+    marker = os.path.join(root, f"COMPLETE_v{dataset.version}")
     if os.path.exists(marker):
         return root
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
     try:
-        for split in SPLITS:
-            generate_split(staging, split)
-        open(os.path.join(staging, f"COMPLETE_v{VERSION}"), "w").close()
+        for split in dataset.splits:
+            generate_split(staging, split, dataset)
+        open(os.path.join(staging, f"COMPLETE_v{dataset.version}"), "w").close()
         if os.path.exists(root):
             shutil.rmtree(root)
         try:
