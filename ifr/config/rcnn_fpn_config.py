@@ -122,6 +122,12 @@ _RCNN_FPN_DEFAULTS = dict(
             BACKWARD="implicit",
             PHANTOM_STEPS=1,
             PHANTOM_DAMPING=1.0,
+            # Jacobian regularisation (Bai et al. 2021) of the IFR head's implicit phase: the loss term
+            # loss_jacobian = JACOBIAN_WEIGHT x a JACOBIAN_PROBES-probe Hutchinson estimate of
+            # ||df/dz||_F^2 / numel at z*, on a fraction JACOBIAN_FREQUENCY of the iterations; 0: off.
+            JACOBIAN_WEIGHT=0.0,
+            JACOBIAN_FREQUENCY=1.0,
+            JACOBIAN_PROBES=1,
         ),
     ),
     INPUT=dict(

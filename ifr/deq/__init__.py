@@ -4,6 +4,7 @@ Depends on torch only; detection code builds on it, never the reverse.
 """
 from .backward import ImplicitBackward, PhantomBackward
 from .block import IFRBlock
+from .jacobian import jacobian_frobenius_estimate
 from .layer import MODES, BlockMap, EquilibriumRefinement
 from .recording import recorded_inputs
 from .solvers import (SOLVERS, SolverConfig, SolverStats, anderson_solve, broyden_solve, cvpods_broyden_solve,
@@ -13,5 +14,5 @@ from .weight_norm import WeightNormConv2d
 __all__ = [
     "BlockMap", "EquilibriumRefinement", "IFRBlock", "ImplicitBackward", "MODES", "PhantomBackward", "SOLVERS",
     "SolverConfig", "SolverStats", "WeightNormConv2d", "anderson_solve", "broyden_solve", "cvpods_broyden_solve",
-    "fixed_point_solve", "get_solver", "recorded_inputs",
+    "fixed_point_solve", "get_solver", "jacobian_frobenius_estimate", "recorded_inputs",
 ]

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .jacobian import jacobian_frobenius_estimate
 from .solvers import SolverConfig, SolverStats
 
 FixedPointMap = Callable[[torch.Tensor], torch.Tensor]
@@ -59,14 +60,22 @@ class ImplicitBackward:
 
     The original IFR solves it with Broyden, F_THRES iterations and an absolute tolerance of
     2e-10 * sqrt(numel). ``last_stats`` holds the statistics of the most recent adjoint solve.
+
+    When ``jacobian_probes`` > 0 is set (by the caller, for the steps it regularises), the call also
+    leaves in ``last_jacobian`` a Hutchinson estimate of ||J||_F^2 / numel at z*, computed on the
+    same one-step graph f(z*) (``ifr.deq.jacobian``), to be added to the loss; otherwise None.
     """
 
     solver: SolverConfig = field(default_factory=lambda: SolverConfig("broyden", max_iter=15, tol=1e-6))
+    jacobian_probes: int = 0
     last_stats: SolverStats | None = field(default=None, init=False, repr=False, compare=False)
+    last_jacobian: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, f: FixedPointMap, z_star: torch.Tensor) -> torch.Tensor:
         z_leaf = z_star.detach().requires_grad_()
         f_out = f(z_leaf)
+        self.last_jacobian = jacobian_frobenius_estimate(f_out, z_leaf, self.jacobian_probes) \
+            if self.jacobian_probes > 0 else None
         return _AdjointFixedPoint.apply(f_out, z_leaf, self)
 
 

@@ -76,16 +76,45 @@ class RefinementMaskHead(_UpsamplePredictor):
     ``mode="scheduled"`` it is the IFR head (unrolled for the first ``pretrained_steps`` training
     iterations, the implicit fixed point afterwards and at inference). The refinement's forward-solve
     statistics are in ``self.refinement.last_stats``.
+
+    Jacobian regularisation (``jacobian_weight`` > 0, implicit backward only): on a fraction
+    ``jacobian_frequency`` of the implicit training iterations (evenly spread, no randomness), the head
+    leaves ``jacobian_weight`` x a ``jacobian_probes``-probe estimate of ||J||_F^2 / numel at the
+    equilibrium in ``last_jacobian_loss`` (the ROI heads add it to the losses as ``loss_jacobian``);
+    otherwise ``last_jacobian_loss`` is None.
     """
 
     def __init__(self, refinement: EquilibriumRefinement, conv_dim: int = 256, num_classes: int = 80,
-                 cls_agnostic: bool = False, channels_last: bool = False):
+                 cls_agnostic: bool = False, channels_last: bool = False, jacobian_weight: float = 0.0,
+                 jacobian_frequency: float = 1.0, jacobian_probes: int = 1):
         super().__init__(conv_dim, num_classes, cls_agnostic, channels_last)
+        if jacobian_weight > 0 and not isinstance(refinement.backward_strategy, ImplicitBackward):
+            raise ConfigError("MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT > 0 needs BACKWARD implicit (the estimate uses "
+                              "the implicit backward's f(z*) graph)")
+        if not 0.0 < jacobian_frequency <= 1.0 or jacobian_probes < 1:
+            raise ConfigError(f"MODEL.ROI_MASK_HEAD.JACOBIAN_FREQUENCY must be in (0, 1] and JACOBIAN_PROBES >= 1, "
+                              f"got {jacobian_frequency} and {jacobian_probes}")
         self.refinement = refinement
+        self.jacobian_weight, self.jacobian_frequency, self.jacobian_probes = \
+            jacobian_weight, jacobian_frequency, jacobian_probes
+        self.last_jacobian_loss: torch.Tensor | None = None
         self._store_weights_in_layout()
 
+    def _regularised(self, iteration: int | None) -> bool:
+        if not (self.training and self.jacobian_weight > 0 and iteration is not None):
+            return False
+        return int((iteration + 1) * self.jacobian_frequency) > int(iteration * self.jacobian_frequency)
+
     def forward(self, x: torch.Tensor, iteration: int | None = None) -> torch.Tensor:
-        return self.predict(self.refinement(self.in_layout(x), iteration=iteration))
+        regularised = self._regularised(iteration)
+        backward = self.refinement.backward_strategy
+        if isinstance(backward, ImplicitBackward):
+            backward.jacobian_probes = self.jacobian_probes if regularised else 0
+        features = self.refinement(self.in_layout(x), iteration=iteration)
+        implicit = self.refinement.last_stats is not None  # an unrolled call leaves no solve statistics
+        self.last_jacobian_loss = self.jacobian_weight * backward.last_jacobian \
+            if regularised and implicit and backward.last_jacobian is not None else None
+        return self.predict(features)
 
 
 def mask_rcnn_loss(logits: torch.Tensor, gt_classes: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
@@ -126,7 +155,8 @@ _OPTION_RANGES = {"memory": (lambda v: v >= 1, ">= 1"), "damping": (lambda v: 0 
 _SOLVER_KEYS = ("F_SOLVER", "F_THRES", "F_TOL", "STOP_MODE")
 _BACKWARD_KEYS = {"implicit": ("B_SOLVER", "B_THRES", "B_TOL"), "phantom": ("PHANTOM_STEPS", "PHANTOM_DAMPING")}
 _OPTION_KEYS = tuple(sorted({k for keys in SOLVER_OPTION_KEYS.values() for k in keys.values()}))
-_IFR_KEYS = ("PRETRAINED_STEPS", "BACKWARD", *_SOLVER_KEYS, *_OPTION_KEYS,
+_JACOBIAN_KEYS = ("JACOBIAN_WEIGHT", "JACOBIAN_FREQUENCY", "JACOBIAN_PROBES")
+_IFR_KEYS = ("PRETRAINED_STEPS", "BACKWARD", *_SOLVER_KEYS, *_OPTION_KEYS, *_JACOBIAN_KEYS,
              *(k for keys in _BACKWARD_KEYS.values() for k in keys))
 _BLOCK_KEYS = ("GN_GROUPS",)
 
@@ -214,7 +244,7 @@ def build_ifr_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
                                        pretrained_steps=head.PRETRAINED_STEPS, solver=_solver_config(head, "F"),
                                        backward=_backward(head))
     return RefinementMaskHead(refinement, in_channels, cfg.MODEL.ROI_HEADS.NUM_CLASSES, head.CLS_AGNOSTIC_MASK,
-                              head.CHANNELS_LAST)
+                              head.CHANNELS_LAST, head.JACOBIAN_WEIGHT, head.JACOBIAN_FREQUENCY, head.JACOBIAN_PROBES)
 
 
 MASK_HEADS = {

@@ -130,7 +130,11 @@ class StandardROIHeads(nn.Module):
         gt_masks = torch.cat([crop_and_resize_masks(t["masks"], b, s["gt_index"][fg], mask_size)
                               for t, s, fg, b in zip(targets, sampled, foreground, boxes)])
         gt_classes = torch.cat([s["gt_classes"][fg] for s, fg in zip(sampled, foreground)])
-        return {"loss_mask": mask_rcnn_loss(logits, gt_classes, gt_masks)}
+        losses = {"loss_mask": mask_rcnn_loss(logits, gt_classes, gt_masks)}
+        jacobian = getattr(self.mask_head, "last_jacobian_loss", None)
+        if jacobian is not None:  # the IFR head's Jacobian regularisation, on the iterations it applies
+            losses["loss_jacobian"] = jacobian
+        return losses
 
     def predict_masks(self, features, detections: list[dict]) -> None:
         """Adds ``masks`` (D, 1, M, M) foreground probabilities to each image's detections."""
