@@ -18,7 +18,7 @@ import argparse
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_setup, evaluate
-from ifr.presets.small_model import IFR_EXPERIMENT, quickstart_output_dir, small_model_overrides
+from ifr.presets.small_model import IFR_EXPERIMENT, small_model_overrides
 
 from .experiment import load_experiment, run_reporting_user_errors
 
