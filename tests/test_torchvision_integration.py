@@ -118,3 +118,16 @@ def test_the_step_counter_can_be_set_by_the_user():
     assert head.mode == "implicit"
     with pytest.raises(ValueError, match="head must be one of"):
         replace_mask_head(_model(), head="conv")
+
+
+def test_the_v2_model_takes_the_ifr_head_too():
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=4, min_size=64, max_size=96,
+                                     rpn_post_nms_top_n_test=20, box_detections_per_img=5)
+    replace_mask_head(model, head="ifr")
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 80)])[0]
+    assert out["masks"].shape[1:] == (1, 64, 80)
