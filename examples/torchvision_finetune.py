@@ -33,7 +33,10 @@ NUM_CLASSES = 3  # the synthetic shapes (torchvision counts the background too)
 
 
 def build_model(weights: str | None) -> nn.Module:
-    sizes = dict(min_size=128, max_size=240, box_detections_per_img=50)
+    # CPU-sized, as the quickstart: small images, fewer proposals and sampled RoIs than COCO's defaults.
+    sizes = dict(min_size=128, max_size=240, box_detections_per_img=50, rpn_pre_nms_top_n_train=1000,
+                 rpn_post_nms_top_n_train=500, rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300,
+                 rpn_batch_size_per_image=128, box_batch_size_per_image=64)
     if weights is None:
         backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
                                        norm_layer=partial(nn.GroupNorm, 32))
