@@ -101,8 +101,8 @@ def build_tta_model(cfg, model: GeneralizedRCNN) -> GeneralizedRCNNWithTTA | Non
     if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes) or aug.MAX_SIZE < max(sizes, default=1):
         raise ConfigError(f"TEST.AUG.MIN_SIZES must be positive short edges, at most TEST.AUG.MAX_SIZE "
                           f"({aug.MAX_SIZE}); got {aug.MIN_SIZES}")
-    if not aug.ENABLED:
-        return None
     if aug.FLIP is not True and aug.FLIP is not False:
         raise ConfigError(f"TEST.AUG.FLIP must be True or False, got {aug.FLIP!r}")
+    if not aug.ENABLED:
+        return None
     return GeneralizedRCNNWithTTA(model, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE)
