@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 from typing import Any
@@ -18,16 +19,19 @@ from ifr.errors import TrainingDivergedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "Checkpointer", "non_finite_tensors", "training_checkpoints"]
+__all__ = ["CheckpointError", "Checkpointer", "checkpoint_iteration", "non_finite_tensors", "training_checkpoints"]
+
+
+def checkpoint_iteration(path: str, max_iter: float) -> float:
+    """model_0004999.pth -> 4999 (iterations done); model_final.pth -> ``max_iter``."""
+    match = re.fullmatch(r"model_(\d+)\.pth", os.path.basename(path))
+    return int(match.group(1)) if match else max_iter
 
 
 def training_checkpoints(folder: str) -> list[str]:
     """``model_*.pth`` files of a training run's folder, newest (highest iteration, final last) last."""
-    def order(path: str) -> tuple[int, int]:
-        match = re.fullmatch(r"model_(\d+)\.pth", os.path.basename(path))
-        return (0, int(match[1])) if match else (1, 0)
-
-    return sorted(glob.glob(os.path.join(glob.escape(folder), "model_*.pth")), key=order)
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "model_*.pth")),
+                  key=lambda path: checkpoint_iteration(path, math.inf))
 
 
 class Checkpointer:

@@ -5,12 +5,11 @@
 """
 from __future__ import annotations
 
-import glob
 import os
-import re
 
 from ifr.data import check_datasets
 from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
+from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
 from ifr.engine.defaults import check_expected_results
 from ifr.engine.launch import launch
 from ifr.errors import UserError
@@ -19,18 +18,12 @@ from ifr.utils import comm
 from .experiment import load_experiment, run_reporting_user_errors
 
 
-def checkpoint_iteration(path: str, max_iter: int) -> int:
-    """model_0004999.pth -> 4999 (iterations done); model_final.pth -> MAX_ITER."""
-    match = re.fullmatch(r"model_(\d+)\.pth", os.path.basename(path))
-    return int(match.group(1)) if match else max_iter
-
-
 def checkpoints_to_evaluate(cfg, args) -> list[str]:
     """MODEL.WEIGHTS when the command line names a file; otherwise (also for ``MODEL.WEIGHTS ''``) the
     folder's checkpoints: the newest, or those of --start-iter / --end-iter."""
     if "MODEL.WEIGHTS" in args.opts[::2] and cfg.MODEL.WEIGHTS:
         return [cfg.MODEL.WEIGHTS]
-    files = sorted(glob.glob(os.path.join(glob.escape(cfg.OUTPUT_DIR), "model_*.pth")), key=os.path.getmtime)
+    files = sorted(training_checkpoints(cfg.OUTPUT_DIR), key=os.path.getmtime)
     if not files:
         raise UserError(f"no checkpoints model_*.pth in {cfg.OUTPUT_DIR} to evaluate: train first, or pass "
                         "MODEL.WEIGHTS /path/to/model.pth")
