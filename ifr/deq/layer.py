@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .backward import ImplicitBackward, PhantomBackward
+from .sharing import distinct_samples, take_samples
 from .solvers import SolverConfig, SolverStats
 
 MODES = ("unrolled", "implicit", "scheduled")
@@ -40,8 +41,14 @@ class EquilibriumRefinement(nn.Module):
             ``iteration < pretrained_steps``, ``implicit`` afterwards and in eval mode. Training calls
             must pass ``iteration`` (the global, 0-based training iteration).
 
-    ``last_stats`` holds the forward solve's statistics of the most recent implicit call (None after
-    an unrolled call); the backward strategy keeps its own ``last_stats``.
+    ``share_identical`` (inference only, per-sample solvers only): samples of x that are bit-for-bit
+    identical are solved once and share the result, which is then bit-identical to solving each
+    (the solvers treat samples independently and the block acts on each alone). Training calls and
+    ``broyden_cvpods`` (batch-global stop test) solve every sample.
+
+    ``last_stats`` holds the forward solve's statistics of the most recent implicit call, one entry
+    per sample of x (None after an unrolled call); ``last_solved`` the number of samples that call
+    actually solved. The backward strategy keeps its own ``last_stats``.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class EquilibriumRefinement(nn.Module):
         pretrained_steps: int = 0,
         solver: SolverConfig | None = None,
         backward: ImplicitBackward | PhantomBackward | None = None,
+        share_identical: bool = True,
     ):
         super().__init__()
         if mode not in MODES:
@@ -67,7 +75,9 @@ class EquilibriumRefinement(nn.Module):
         self.pretrained_steps = pretrained_steps
         self.solver = solver if solver is not None else SolverConfig()
         self.backward_strategy = backward if backward is not None else ImplicitBackward()
+        self.share_identical = share_identical
         self.last_stats: SolverStats | None = None
+        self.last_solved: int | None = None
 
     def resolve_mode(self, iteration: int | None) -> str:
         """The mode (``unrolled`` or ``implicit``) a call with this training iteration uses."""
@@ -90,7 +100,7 @@ class EquilibriumRefinement(nn.Module):
         z = torch.zeros_like(x)
         for _ in range(self.num_unrolled):
             z = self.block(z, x)
-        self.last_stats = None
+        self.last_stats = self.last_solved = None
         return z
 
     def implicit(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +109,24 @@ class EquilibriumRefinement(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             if x.dtype in (torch.float16, torch.bfloat16):
                 x = x.float()
-            f = BlockMap(self.block, x)
+            needs_grad = torch.is_grad_enabled() and self._needs_grad(x)
             with torch.no_grad():
-                z_star, self.last_stats = self.solver.solve(f, torch.zeros_like(x))
-            if torch.is_grad_enabled() and self._needs_grad(x):
-                return self.backward_strategy(f, z_star)
+                z_star = self._solve(x, share=not needs_grad)
+            if needs_grad:
+                return self.backward_strategy(BlockMap(self.block, x), z_star)
             return z_star
+
+    def _solve(self, x: torch.Tensor, share: bool) -> torch.Tensor:
+        """z* for every sample of x, solving each distinct sample once when ``share`` allows it."""
+        distinct = distinct_samples(x) if share and self.share_identical and self.solver.per_sample else None
+        if distinct is None or distinct.first.numel() == x.shape[0]:
+            z_star, self.last_stats = self.solver.solve(BlockMap(self.block, x), torch.zeros_like(x))
+            self.last_solved = x.shape[0]
+            return z_star
+        x_distinct = take_samples(x, distinct.first)
+        z_distinct, stats = self.solver.solve(BlockMap(self.block, x_distinct), torch.zeros_like(x_distinct))
+        self.last_stats, self.last_solved = stats.gather(distinct.inverse), distinct.first.numel()
+        return take_samples(z_distinct, distinct.inverse)
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         return x.requires_grad or any(p.requires_grad for p in self.block.parameters())

@@ -27,6 +27,10 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
 }
 
 
+# Solvers whose result for a sample depends on the rest of the batch (a batch-global stop test).
+BATCH_GLOBAL_SOLVERS = frozenset({"broyden_cvpods"})
+
+
 def get_solver(name: str) -> Callable[..., tuple[torch.Tensor, SolverStats]]:
     try:
         return SOLVERS[name]
@@ -51,11 +55,16 @@ class SolverConfig:
         get_solver(self.name)
         check_solver_arguments(self.max_iter, self.tol, self.stop_mode)
 
+    @property
+    def per_sample(self) -> bool:
+        """True when each sample's result is independent of the rest of the batch."""
+        return self.name not in BATCH_GLOBAL_SOLVERS
+
     def solve(self, f: Callable[[torch.Tensor], torch.Tensor],
               z0: torch.Tensor) -> tuple[torch.Tensor, SolverStats]:
         return get_solver(self.name)(f, z0, max_iter=self.max_iter, tol=self.tol,
                                      stop_mode=self.stop_mode, **self.options)
 
 
-__all__ = ["SOLVERS", "STOP_MODES", "SolverConfig", "SolverStats", "anderson_solve", "broyden_solve",
+__all__ = ["BATCH_GLOBAL_SOLVERS", "SOLVERS", "STOP_MODES", "SolverConfig", "SolverStats", "anderson_solve", "broyden_solve",
            "cvpods_broyden_solve", "fixed_point_solve", "get_solver"]

@@ -67,7 +67,8 @@ def cvpods_broyden_solve(
     if z.numel() == 0:  # no RoIs: nothing to solve (the original crashes here)
         empty = z.new_zeros(0)
         flags = torch.zeros(0, dtype=torch.bool, device=z.device)
-        return z0.clone(), SolverStats(0, empty, empty, flags, flags, z.new_zeros(1, 0))
+        return z0.clone(), SolverStats(0, empty, empty, flags, flags, z.new_zeros(1, 0),
+                                       torch.zeros(0, dtype=torch.long, device=z.device))
     fz = g_map(z)
     gz = fz - z
     eps = tol * math.sqrt(batch * dim)
@@ -113,5 +114,6 @@ def cvpods_broyden_solve(
         converged=flags & (lowest < eps),
         diverged=flags & diverged,
         trace=torch.stack(trace),
+        sample_steps=torch.full((batch,), steps, dtype=torch.long, device=z.device),  # no sample is frozen
     )
     return layout.unflatten(best_z), stats

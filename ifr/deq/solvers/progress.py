@@ -102,6 +102,7 @@ class SolveProgress:
         self.converged = measure < tol
         self.diverged = ~torch.isfinite(measure)
         self.trace = [abs_res]
+        self.sample_steps = torch.zeros(abs_res.shape, dtype=torch.long, device=abs_res.device)
         self._done: bool | None = None
 
     @staticmethod
@@ -129,6 +130,7 @@ class SolveProgress:
         """Records the new iterate ``z`` (with ``fz = f(z)``, and ``gz = fz - z`` if the solver has it)
         of the samples that are still active."""
         active = self.active
+        self.sample_steps += active
         abs_res, rel_res = self._residuals(z, fz, gz)
         measure = self._measure(abs_res, rel_res)
         improved = active & (abs_res < self.best_abs)
@@ -149,5 +151,6 @@ class SolveProgress:
             converged=self.converged,
             diverged=self.diverged,
             trace=torch.stack(self.trace),
+            sample_steps=self.sample_steps,
         )
         return layout.unflatten(self.best_z), stats

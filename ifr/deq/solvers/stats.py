@@ -21,6 +21,8 @@ class SolverStats:
             ``divergence_ratio`` times its initial residual, or became non-finite).
         trace: (iterations + 1, B) absolute residual of the current iterate after each step,
             starting with the initial guess.
+        sample_steps: (B,) steps that moved each sample (its map evaluations after the initial
+            one; a sample frozen by convergence or divergence takes no more): the per-sample cost.
     """
 
     iterations: int
@@ -29,6 +31,7 @@ class SolverStats:
     converged: torch.Tensor
     diverged: torch.Tensor
     trace: torch.Tensor
+    sample_steps: torch.Tensor
 
     def summary(self) -> dict[str, float]:
         """Scalars for logging: worst-case residuals over the batch and the convergence counts."""
@@ -42,3 +45,10 @@ class SolverStats:
             "converged_fraction": self.converged.float().mean().item(),
             "diverged": float(self.diverged.sum().item()),
         }
+
+    def gather(self, index: torch.Tensor) -> "SolverStats":
+        """The statistics of the samples ``index`` ((B',) long), e.g. to give each of several
+        identical samples the statistics of the one solve they shared."""
+        return SolverStats(self.iterations, self.abs_residual[index], self.rel_residual[index],
+                           self.converged[index], self.diverged[index], self.trace[:, index],
+                           self.sample_steps[index])
