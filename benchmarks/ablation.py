@@ -70,8 +70,12 @@ class SolverSteps:
         head = model.roi_heads.mask_head
         self.refinement = getattr(head, "refinement", None)
         self.steps = self.roi_steps = self.rois = 0
-        if self.refinement is not None:
-            self.refinement.register_forward_hook(self._count)
+        self._hook = self.refinement.register_forward_hook(self._count) if self.refinement is not None else None
+
+    def remove(self) -> None:
+        """Stops counting."""
+        if self._hook is not None:
+            self._hook.remove()
 
     def _count(self, module, inputs, output) -> None:
         if module.last_stats is not None:
