@@ -30,7 +30,7 @@ def distinct_samples(x: torch.Tensor) -> DistinctSamples:
     """
     batch = x.shape[0]
     rows = x.detach().reshape(batch, math.prod(x.shape[1:]))
-    if rows.dtype.is_floating_point or rows.dtype.is_complex:
+    if rows.dtype.is_floating_point:
         rows = rows.contiguous().view(_SAME_WIDTH_INTEGER[rows.element_size()])
     if batch == 0 or rows.shape[1] == 0:  # nothing to share (empty samples are left unshared)
         index = torch.arange(batch, device=x.device)

@@ -66,5 +66,5 @@ class SolverConfig:
                                      stop_mode=self.stop_mode, **self.options)
 
 
-__all__ = ["BATCH_GLOBAL_SOLVERS", "SOLVERS", "STOP_MODES", "SolverConfig", "SolverStats", "anderson_solve", "broyden_solve",
-           "cvpods_broyden_solve", "fixed_point_solve", "get_solver"]
+__all__ = ["BATCH_GLOBAL_SOLVERS", "SOLVERS", "STOP_MODES", "SolverConfig", "SolverStats", "anderson_solve",
+           "broyden_solve", "cvpods_broyden_solve", "fixed_point_solve", "get_solver"]
