@@ -3,7 +3,7 @@ x4 and IFR, the same small model, schedule and data, several seeds.
 
     python benchmarks/ablation.py [--datasets hard shapes] [--seeds 0 1 2] [--max-iter 800]
                                   [--heads conv weight_sharing ifr] [--jacobian-weights 0 0.5 2]
-                                  [--output DIR]
+                                  [--output DIR] [--finished-only]
 
 Each run is the quickstart's small model (``ifr.presets.small_model_overrides``) with the given mask
 head; the 4-conv head is as wide as the refinement block (the FPN's 128 channels, as 256 in the paper).
@@ -11,7 +11,8 @@ It reports box AP, mask AP, mask AP75, mask AP on the ground-truth boxes (TEST.O
 mask head's parameters and their ratio to the 4-conv head's, inference time per image and solver
 steps per image and per RoI; then the mean and standard deviation over seeds. Finished runs are not
 re-run (each leaves ``results.json`` in ``DIR/<dataset>/<head>/seed<k>``; default DIR:
-``$IFR_OUTPUT_ROOT/ablation``, else ``output/ablation``).
+``$IFR_OUTPUT_ROOT/ablation``, else ``output/ablation``); ``--finished-only`` prints the tables of the
+finished runs without training the missing ones (e.g. while they train in another shell).
 
 ``--jacobian-weights`` adds IFR runs with MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT w (head ``ifr_jac<w>``;
 0 is the plain ``ifr`` run). The regulariser only acts in the implicit phase, so a regularised run is
@@ -113,11 +114,16 @@ def training_phase_stats(output_dir: str, tag: str = "mask_head.refinement") -> 
             "loss_jacobian": mean("loss_jacobian")}
 
 
-def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str) -> dict:
+def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
+            finished_only: bool = False) -> dict | None:
+    """The run's results: read when it finished, else trained and evaluated (None with
+    ``finished_only``)."""
     out = os.path.join(root, dataset, variant, f"seed{seed}")
     done = os.path.join(out, "results.json")
     if os.path.isfile(done):
         return json.load(open(done))
+    if finished_only:
+        return None
     config, build_model = run_config(dataset, variant, seed, max_iter, out)
     if variant.startswith(JACOBIAN_PREFIX):
         copied = share_unrolled_phase(config, os.path.join(root, dataset, "ifr", f"seed{seed}"))
@@ -176,16 +182,22 @@ def main() -> None:
                         help="seeds on the shapes dataset (default: --seeds)")
     parser.add_argument("--max-iter", type=int, default=800)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--finished-only", action="store_true",
+                        help="report the finished runs only; train none")
     args = parser.parse_args()
     root = args.output or os.path.join(output_root(), "ablation")
     variants = [variant_name(head, w) for head in args.heads for w in (args.jacobian_weights if head == "ifr" else [0])]
     rows, solver_rows, per_seed = [], [], []
     for dataset in args.datasets:
         seeds = args.shapes_seeds if dataset == "shapes" and args.shapes_seeds else args.seeds
-        results = {v: [one_run(dataset, v, seed, args.max_iter, root) for seed in seeds] for v in variants}
-        conv = results["conv"][0] if "conv" in results else None
-        for variant, runs in results.items():
-            for seed, r in zip(seeds, runs):
+        results = {v: {seed: one_run(dataset, v, seed, args.max_iter, root, args.finished_only)
+                       for seed in seeds} for v in variants}
+        results = {v: {seed: r for seed, r in runs.items() if r is not None} for v, runs in results.items()}
+        results = {v: runs for v, runs in results.items() if runs}
+        conv = next(iter(results["conv"].values())) if "conv" in results else None
+        for variant, by_seed in results.items():
+            runs = list(by_seed.values())
+            for seed, r in by_seed.items():
                 per_seed.append([dataset, variant, seed, *(f"{r[k]:.1f}" for k in ("box_AP", "mask_AP", "mask_AP75",
                                                                                   "oracle_mask_AP"))])
             ratio = (f"{runs[0]['mask_head_parameters'] / conv['mask_head_parameters']:.2f} / "
@@ -195,7 +207,8 @@ def main() -> None:
                          f"{runs[0]['mask_head_parameters']:,}", ratio,
                          _mean([r["seconds_per_image"] for r in runs], 3)])
             if variant == "ifr" or variant.startswith(JACOBIAN_PREFIX):
-                train = [training_phase_stats(os.path.join(root, dataset, variant, f"seed{seed}")) for seed in seeds]
+                train = [training_phase_stats(os.path.join(root, dataset, variant, f"seed{seed}"))
+                         for seed in by_seed]
                 solver_rows.append([dataset, variant, len(runs), _mean_std([r["mask_AP"] for r in runs]),
                                     _mean_std([r["oracle_mask_AP"] for r in runs]),
                                     _mean([r["solver_steps_per_image"] for r in runs], 1),
@@ -213,6 +226,7 @@ def main() -> None:
                                              "test steps / image", "test steps / RoI", "train forward steps",
                                              "train backward steps", "train s / iter", "loss_jacobian"],
                        tablefmt="github"))
+    print("\nPer seed")
     print(tabulate(per_seed, headers=["dataset", "mask head", "seed", "box AP", "mask AP", "mask AP75",
                                       "mask AP on GT boxes"], tablefmt="github"))
 
