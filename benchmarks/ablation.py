@@ -190,10 +190,11 @@ def main() -> None:
     rows, solver_rows, per_seed = [], [], []
     for dataset in args.datasets:
         seeds = args.shapes_seeds if dataset == "shapes" and args.shapes_seeds else args.seeds
-        results = {v: {seed: one_run(dataset, v, seed, args.max_iter, root, args.finished_only)
-                       for seed in seeds} for v in variants}
-        results = {v: {seed: r for seed, r in runs.items() if r is not None} for v, runs in results.items()}
-        results = {v: runs for v, runs in results.items() if runs}
+        results = {}  # variant -> {seed: results} of the finished runs, variants without any left out
+        for variant in variants:
+            runs = {seed: one_run(dataset, variant, seed, args.max_iter, root, args.finished_only) for seed in seeds}
+            if finished := {seed: r for seed, r in runs.items() if r is not None}:
+                results[variant] = finished
         conv = next(iter(results["conv"].values())) if "conv" in results else None
         for variant, by_seed in results.items():
             runs = list(by_seed.values())
