@@ -16,6 +16,7 @@ from ifr.presets import small_model_overrides
 from ifr.tools import quickstart, train_net
 from ifr.utils import comm
 
+import fake_cuda
 from helpers import FOLDERS, ROOT, TINY
 
 
@@ -52,8 +53,9 @@ def _train_regression(output: str, steps: int = 4, total_batch: int = 8) -> None
         torch.save(model.state_dict(), output)
 
 
-def test_two_process_ddp_equals_one_process_on_the_whole_batch(tmp_path):
-    launch(_train_regression, 2, args=(str(tmp_path / "ddp.pth"),))
+def test_two_process_ddp_equals_one_process_on_the_whole_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv(fake_cuda.REPORT_CUDA, "1")  # CPU processes on a machine with a GPU: gloo still
+    launch(_train_regression, 2, args=(str(tmp_path / "ddp.pth"),), device="cpu")
     _train_regression(str(tmp_path / "single.pth"))
     ddp, single = torch.load(tmp_path / "ddp.pth"), torch.load(tmp_path / "single.pth")
     assert ddp.keys() == single.keys()
@@ -74,15 +76,19 @@ def _fail_on_rank_1(kind: str) -> None:
                                           ("exit", "worker process 1 died")])
 def test_a_failing_worker_ends_the_job_with_a_clear_error(kind, message):
     with pytest.raises(WorkerError, match=message):
-        launch(_fail_on_rank_1, 2, args=(kind,))
+        launch(_fail_on_rank_1, 2, args=(kind,), device="cpu")
 
 
 def test_pods_train_with_two_processes_on_cpu(tmp_path, monkeypatch, val_subset, capfd):
+    # The README's `--num-gpus 2 MODEL.DEVICE cpu` on a machine that has one GPU: the workers report it,
+    # and still form a gloo group of CPU processes (NCCL would refuse CPU tensors, and one GPU is too few).
+    monkeypatch.setenv(fake_cuda.REPORT_CUDA, "1")
+    monkeypatch.setattr(train_net, "train_worker", fake_cuda.train_worker)
     folder = tmp_path / FOLDERS["ifr"]
     shutil.copytree(os.path.join(ROOT, FOLDERS["ifr"]), folder)
     monkeypatch.chdir(folder)
     output = tmp_path / "out"
-    overrides = {**dict(zip(*[iter(quickstart_overrides())] * 2)),
+    overrides = {**dict(zip(*[iter(quickstart_overrides())] * 2)), "MODEL.DEVICE": "cpu",
                  "SOLVER.IMS_PER_BATCH": "4", "SOLVER.IMS_PER_DEVICE": "2", "SOLVER.LR_SCHEDULER.MAX_ITER": "4",
                  "SOLVER.LR_SCHEDULER.STEPS": "(3,)", "SOLVER.CHECKPOINT_PERIOD": "2",
                  "MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS": "2", "OUTPUT_DIR": str(output),

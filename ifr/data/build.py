@@ -89,6 +89,11 @@ def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = F
     return records
 
 
+def _pin_memory(cfg) -> bool:
+    # Page-locked batches let the model's non_blocking copies to the GPU overlap with compute.
+    return cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
+
+
 def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0) -> DataLoader:
     """Endless loader of lists of IMS_PER_BATCH / world_size mapped records, from batch ``start_batch``
     of the seeded stream on."""
@@ -106,7 +111,8 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
     # Its own generator: starting the loader must not draw from the global random state, which the
     # training step uses (a resumed run restores that state and must continue it exactly).
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list, generator=torch.Generator().manual_seed(seed),
-                      num_workers=cfg.DATALOADER.NUM_WORKERS, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
+                      num_workers=cfg.DATALOADER.NUM_WORKERS, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+                      pin_memory=_pin_memory(cfg))
 
 
 def check_datasets(dataset_names) -> None:
@@ -132,4 +138,4 @@ def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1
         mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=False,
                                mask_on=cfg.MODEL.MASK_ON)
     return DataLoader(MapDataset(records, mapper), batch_size=1, sampler=InferenceSampler(len(records), rank, world_size),
-                      collate_fn=_as_list, num_workers=cfg.DATALOADER.NUM_WORKERS)
+                      collate_fn=_as_list, num_workers=cfg.DATALOADER.NUM_WORKERS, pin_memory=_pin_memory(cfg))

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import random
-import re
 import sys
 from typing import Callable
 
@@ -27,6 +26,7 @@ from ifr.utils import comm
 
 from .checkpoint import Checkpointer, training_checkpoints
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
+from .launch import check_device_name
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
 from .random_state import RandomStates
 from .train_loop import SimpleTrainer, model_device
@@ -89,8 +89,7 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
 def resolve_device(cfg) -> torch.device:
     """MODEL.DEVICE, falling back to the CPU (said once in the log) when CUDA is unavailable."""
     device = cfg.MODEL.DEVICE
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"MODEL.DEVICE {device!r} is not a device this project runs on: use cuda, cuda:N or cpu")
+    check_device_name(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %r but no GPU is available: running on the CPU", device)
         cfg.MODEL.DEVICE = "cpu"
@@ -221,7 +220,7 @@ class DefaultTrainer(SimpleTrainer):
         super().__init__(trained, build_train_loader(**self.loader_arguments), optimizer, build_gradient_clipper(cfg),
                          mixed_precision=cfg.TRAINER.FP16.ENABLED, batch_subdivisions=cfg.SOLVER.BATCH_SUBDIVISIONS)
         self.scheduler = build_lr_scheduler(cfg, optimizer)
-        checkpointables = dict(optimizer=optimizer, scheduler=self.scheduler, random_states=RandomStates())
+        checkpointables = dict(optimizer=optimizer, scheduler=self.scheduler, random_states=RandomStates(model_device(model)))
         if self.grad_scaler is not None:
             checkpointables["grad_scaler"] = self.grad_scaler
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables)

@@ -1,7 +1,9 @@
 """Starting one process per device with torch.distributed: on one machine (``--num-gpus N``), on several
 (``--num-machines/--machine-rank/--dist-url``), or under torchrun (its environment variables).
 
-NCCL on GPUs, gloo on the CPU. A worker that dies ends the whole job: the launcher kills the other
+The process group follows the configured device (``MODEL.DEVICE``), not what the machine has: NCCL
+for ``cuda`` (each process on the GPU of its local rank), gloo for ``cpu``, so CPU runs work on GPU
+machines too. A worker that dies ends the whole job: the launcher kills the other
 workers and raises, instead of leaving them waiting in a collective.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ifr.config import ConfigError
 from ifr.errors import UserError
 from ifr.utils import comm
 
@@ -44,17 +48,37 @@ def started_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def _backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def check_device_name(device: str) -> None:
+    """``MODEL.DEVICE`` must be cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"MODEL.DEVICE {device!r} is not a device this project runs on: use cuda, cuda:N or cpu")
 
 
-def _init(rank: int, world_size: int, local_rank: int, init_method: str) -> None:
-    if torch.cuda.is_available():
+def process_device(device: str, num_per_machine: int) -> str:
+    """The device type the processes of a job run on, from ``MODEL.DEVICE`` (``cpu``, ``cuda`` or
+    ``cuda:N``): "cuda" or "cpu". A CUDA device on a machine without one falls back to the CPU, as a
+    single process does. ``cuda:N`` names one GPU, so it is refused for several processes per
+    machine: each process takes the GPU of its local rank."""
+    check_device_name(device)
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    if device != "cuda" and num_per_machine > 1:
+        raise ConfigError(f"MODEL.DEVICE {device} names one GPU but --num-gpus {num_per_machine} starts "
+                          f"{num_per_machine} processes: use MODEL.DEVICE cuda (process i uses GPU i)")
+    return "cuda"
+
+
+def _backend(device_type: str) -> str:
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def _init(rank: int, world_size: int, local_rank: int, init_method: str, device_type: str) -> None:
+    if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"--num-gpus asks for more processes than this machine has GPUs "
-                            f"({torch.cuda.device_count()})")
+                            f"({torch.cuda.device_count()}): lower --num-gpus, or run on the CPU (MODEL.DEVICE cpu)")
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(_backend(), init_method=init_method, world_size=world_size, rank=rank,
+    dist.init_process_group(_backend(device_type), init_method=init_method, world_size=world_size, rank=rank,
                             timeout=COLLECTIVE_TIMEOUT)
     comm.synchronize()
 
@@ -68,12 +92,12 @@ def _record_failure(error_dir: str, rank: int, error: BaseException) -> None:
     os.replace(path + ".tmp", path)  # whole or absent, even if this process is terminated meanwhile
 
 
-def _run_in_group(rank: int, world_size: int, local_rank: int, init_method: str, main: Callable, args: tuple,
-                  error_dir: str | None = None) -> None:
+def _run_in_group(rank: int, world_size: int, local_rank: int, init_method: str, device_type: str, main: Callable,
+                  args: tuple, error_dir: str | None = None) -> None:
     """Joins the process group, runs ``main(*args)`` and leaves the group; a failure is recorded in
     ``error_dir`` (the ``except`` runs before the ``finally``, so before the group is torn down)."""
     try:
-        _init(rank, world_size, local_rank, init_method)
+        _init(rank, world_size, local_rank, init_method, device_type)
         main(*args)
     except BaseException as e:
         if error_dir is not None:
@@ -85,9 +109,9 @@ def _run_in_group(rank: int, world_size: int, local_rank: int, init_method: str,
 
 
 def _worker(local_rank: int, main: Callable, args: tuple, world_size: int, num_per_machine: int,
-            machine_rank: int, init_method: str, error_dir: str) -> None:
-    _run_in_group(machine_rank * num_per_machine + local_rank, world_size, local_rank, init_method, main, args,
-                  error_dir)
+            machine_rank: int, init_method: str, device_type: str, error_dir: str) -> None:
+    _run_in_group(machine_rank * num_per_machine + local_rank, world_size, local_rank, init_method, device_type, main,
+                  args, error_dir)
 
 
 def _first_failure(context, error_dir: str, machine_rank: int, num_per_machine: int) -> str:
@@ -111,16 +135,20 @@ def _first_failure(context, error_dir: str, machine_rank: int, num_per_machine: 
 
 
 def launch(main: Callable, num_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
-           dist_url: str = "auto", args: tuple = ()) -> None:
+           dist_url: str = "auto", args: tuple = (), *, device: str) -> None:
     """Runs ``main(*args)`` in ``num_per_machine * num_machines`` processes (in this one if that is 1).
 
     ``dist_url``: ``tcp://HOST:PORT`` of machine 0, or "auto" (a free local port; one machine only).
+    ``device``: the configured device (``MODEL.DEVICE``: cpu, cuda or cuda:N); it chooses the process
+    group's backend and whether each process binds a GPU (see ``process_device``).
     """
     if started_by_torchrun():
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         _run_in_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-                      "env://", main, args)
+                      "env://", process_device(device, local_world), main, args)
         return
     world_size = num_per_machine * num_machines
+    device_type = process_device(device, num_per_machine)
     if num_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
         raise UserError(f"--num-gpus ({num_per_machine}) and --num-machines ({num_machines}) must be >= 1 and "
                         f"--machine-rank ({machine_rank}) in [0, num-machines)")
@@ -131,11 +159,12 @@ def launch(main: Callable, num_per_machine: int, num_machines: int = 1, machine_
         if num_machines > 1:
             raise UserError("--dist-url auto works on one machine only: pass --dist-url tcp://<machine 0>:<port>")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    logger.info("starting %d processes (%s) for a world of %d, init %s", num_per_machine, _backend(), world_size,
-                dist_url)
+    logger.info("starting %d processes (%s on %s) for a world of %d, init %s", num_per_machine, _backend(device_type),
+                device_type, world_size, dist_url)
     error_dir = tempfile.mkdtemp(prefix="ifr-workers-")
     context = mp.start_processes(_worker, nprocs=num_per_machine, start_method="spawn", join=False,
-                                 args=(main, args, world_size, num_per_machine, machine_rank, dist_url, error_dir))
+                                 args=(main, args, world_size, num_per_machine, machine_rank, dist_url, device_type,
+                                       error_dir))
     try:
         while not context.join():
             pass

@@ -15,15 +15,21 @@ logger = logging.getLogger(__name__)
 
 class RandomStates:
     """``state_dict()``: one entry per rank (gathered: call it on every process);
-    ``load_state_dict()``: each process takes its own rank's entry."""
+    ``load_state_dict()``: each process takes its own rank's entry.
+
+    ``device``: the run's device. The CUDA generator's state is kept for a CUDA device only: a CPU run
+    on a machine with GPUs must not create a CUDA context (on GPU 0, in every process) to read it."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
 
     def state_dict(self) -> list[dict]:
         name, key, position, has_gauss, gauss = np.random.get_state()
         # plain numbers and tensors only, so checkpoints load with torch.load(weights_only=True)
         own = {"python": random.getstate(), "numpy": [name, torch.from_numpy(key.astype(np.int64)), position,
                                                        has_gauss, gauss], "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            own["cuda"] = torch.cuda.get_rng_state()
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
         return comm.all_gather(own)
 
     def load_state_dict(self, states: list[dict]) -> None:
@@ -37,5 +43,5 @@ class RandomStates:
         name, key, position, has_gauss, gauss = own["numpy"]
         np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
         torch.set_rng_state(own["torch"])
-        if "cuda" in own and torch.cuda.is_available():
-            torch.cuda.set_rng_state(own["cuda"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)

@@ -33,13 +33,14 @@ def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool
     model.eval()
     start = time.perf_counter()
     compute = 0.0
+    on_gpu = next(model.parameters()).device.type == "cuda"
     try:
         with torch.no_grad():
             for inputs in tqdm(loader, total=total, desc="inference", disable=not show_progress, mininterval=2.0,
                                dynamic_ncols=True):
                 tick = time.perf_counter()
                 outputs = model(inputs)
-                if torch.cuda.is_available():
+                if on_gpu:  # the time of the work queued, not of queueing it
                     torch.cuda.synchronize()
                 compute += time.perf_counter() - tick
                 evaluator.process(inputs, outputs)

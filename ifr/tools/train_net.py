@@ -39,7 +39,11 @@ def train_worker(args) -> None:
 
 
 def run(args) -> None:
-    launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    # The configured device decides the process group's backend, so it is read before the processes start.
+    config, _ = load_experiment(os.getcwd())
+    config.merge_from_list(args.opts)
+    launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
+           device=config.MODEL.DEVICE)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,9 +23,13 @@ def is_main_process() -> bool:
 
 
 def synchronize() -> None:
-    """A barrier across all processes (nothing in a single process)."""
+    """A barrier across all processes (nothing in a single process). With NCCL it names this process's
+    GPU, so the barrier does not guess a device (and create a context on GPU 0)."""
     if get_world_size() > 1:
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def all_gather(item) -> list:
