@@ -8,13 +8,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from ifr.config import ConfigError
 
+from .box_coder import SCALE_CLAMP, Float32BoxCoder
 from .layers import Conv3x3NormReLU
-from .rpn import SCALE_CLAMP
 
 
 class FastRCNNConvFCHead(nn.Module):
@@ -55,8 +54,8 @@ class FastRCNNConvFCHead(nn.Module):
 class FastRCNNOutputLayers(nn.Module):
     """Classification (K + 1, background last) and box regression from box-head features."""
 
-    def __init__(self, input_size: int, num_classes: int, box_coder: BoxCoder, *, cls_agnostic_bbox_reg: bool = False,
-                 smooth_l1_beta: float = 0.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+    def __init__(self, input_size: int, num_classes: int, box_coder: Float32BoxCoder, *,
+                 cls_agnostic_bbox_reg: bool = False, smooth_l1_beta: float = 0.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  detections_per_image: int = 100):
         super().__init__()
         self.num_classes = num_classes
@@ -127,7 +126,7 @@ def build_box_predictor(cfg, input_size: int, bbox_reg_weights=None) -> FastRCNN
     head = cfg.MODEL.ROI_BOX_HEAD
     weights = tuple(bbox_reg_weights if bbox_reg_weights is not None else head.BBOX_REG_WEIGHTS)
     return FastRCNNOutputLayers(
-        input_size, cfg.MODEL.ROI_HEADS.NUM_CLASSES, BoxCoder(weights, bbox_xform_clip=SCALE_CLAMP),
+        input_size, cfg.MODEL.ROI_HEADS.NUM_CLASSES, Float32BoxCoder(weights, bbox_xform_clip=SCALE_CLAMP),
         cls_agnostic_bbox_reg=head.CLS_AGNOSTIC_BBOX_REG, smooth_l1_beta=head.SMOOTH_L1_BETA,
         score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)

@@ -81,7 +81,8 @@ class StandardROIHeads(nn.Module):
         for proposal, target in zip(proposals, targets):
             boxes = proposal["boxes"]
             if self.proposal_append_gt:
-                boxes = torch.cat([boxes, target["boxes"].to(boxes.dtype)])
+                # float32 both (proposals are decoded in float32; a ground-truth file may give float64)
+                boxes = torch.cat([boxes.float(), target["boxes"].float()])
             sampled.append(self.match_proposals(boxes, target, self.proposal_matcher))
         fg_labels = [(s["gt_classes"] != self.num_classes).to(torch.int64) for s in sampled]
         positive, negative = self.sampler(fg_labels)

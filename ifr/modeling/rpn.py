@@ -6,22 +6,20 @@ are the only ones removed (MIN_SIZE 0).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from ifr.config import ConfigError
 from ifr.errors import TrainingDivergedError
 
 from .anchor_generator import DefaultAnchorGenerator
+from .box_coder import SCALE_CLAMP, Float32BoxCoder
 
-# Largest log-scale a predicted box may grow by (cvpods/detectron2's _DEFAULT_SCALE_CLAMP).
-SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class StandardRPNHead(nn.Module):
@@ -76,7 +74,7 @@ class RPN(nn.Module):
         self.matcher = Matcher(high, low, allow_low_quality_matches=True)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.batch_size_per_image = batch_size_per_image
-        self.box_coder = BoxCoder(tuple(bbox_reg_weights), bbox_xform_clip=SCALE_CLAMP)
+        self.box_coder = Float32BoxCoder(tuple(bbox_reg_weights), bbox_xform_clip=SCALE_CLAMP)
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
         self.pre_nms_topk = {True: pre_nms_topk[0], False: pre_nms_topk[1]}
