@@ -6,11 +6,14 @@ setup(
     description="Implicit Feature Refinement (IFR) for instance segmentation, on torch + torchvision",
     python_requires=">=3.10",
     packages=find_packages(include=["ifr", "ifr.*"]),
-    # torch/torchvision are pinned: this pair is the one the project is tested with and the one the
-    # build machines provide locally (other versions download several GB or fail to import together).
+    # A range, so that `pip install -e .` keeps the torch (and its CUDA build) of the user's environment.
+    # Lower bounds from the APIs used: transforms.v2 subclasses written against the public
+    # Transform.make_params / transform hooks (torchvision 0.21, paired with torch 2.6), tv_tensors,
+    # torch.load(weights_only=True) as the default, torch.amp.GradScaler(device). The pair the tests
+    # run with is pinned in constraints.txt (scripts/setup.sh and CI install with it).
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        "torch>=2.6",
+        "torchvision>=0.21",
         "numpy",
         "matplotlib>=3.8",
         "pillow",

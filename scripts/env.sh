@@ -1,5 +1,7 @@
 # Sourced by the other scripts: create (or reuse) ./.venv with the project installed, then activate it.
-# Re-installs only when setup.py changed since the last install.
+# Re-installs only when setup.py or constraints.txt changed since the last install. The tested torch /
+# torchvision pair comes from constraints.txt; to use your own environment's torch instead, install
+# with `pip install -e .` there (setup.py only states a range, so your torch is kept).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${IFR_VENV:-$ROOT/.venv}"
@@ -12,11 +14,11 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 STAMP="$VENV/.ifr-installed"
-WANT="$(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    echo "[env] installing ifr and its pinned dependencies into $VENV (first run takes a few minutes)"
+    echo "[env] installing ifr and its dependencies (torch pinned by constraints.txt) into $VENV (first run takes a few minutes)"
     python -m pip install -q --upgrade pip
-    python -m pip install -q -e "$ROOT[test]"
+    python -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
     echo "$WANT" > "$STAMP"
 fi
 cd "$ROOT"

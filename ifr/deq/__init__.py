@@ -8,13 +8,14 @@ from .jacobian import jacobian_frobenius_estimate
 from .layer import MODES, BlockMap, EquilibriumRefinement
 from .recording import recorded_inputs
 from .sharing import DistinctSamples, distinct_samples
-from .solvers import (SOLVERS, SolverConfig, SolverStats, anderson_solve, broyden_solve, cvpods_broyden_solve,
-                      fixed_point_solve, get_solver)
+from .precision import ieee_float32
+from .solvers import (SOLVERS, SolverConfig, SolverStats, SyncPolicy, anderson_solve, broyden_solve,
+                      cvpods_broyden_solve, fixed_point_solve, get_solver)
 from .weight_norm import WeightNormConv2d
 
 __all__ = [
     "BlockMap", "DistinctSamples", "EquilibriumRefinement", "IFRBlock", "ImplicitBackward", "MODES",
-    "PhantomBackward", "SOLVERS", "SolverConfig", "SolverStats", "WeightNormConv2d", "anderson_solve",
+    "PhantomBackward", "SOLVERS", "SolverConfig", "SolverStats", "SyncPolicy", "WeightNormConv2d", "anderson_solve",
     "broyden_solve", "cvpods_broyden_solve", "distinct_samples", "fixed_point_solve", "get_solver",
-    "jacobian_frobenius_estimate", "recorded_inputs",
+    "ieee_float32", "jacobian_frobenius_estimate", "recorded_inputs",
 ]

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .jacobian import jacobian_frobenius_estimate
+from .precision import ieee_float32
 from .solvers import SolverConfig, SolverStats
 
 FixedPointMap = Callable[[torch.Tensor], torch.Tensor]
@@ -43,15 +44,24 @@ class _AdjointFixedPoint(torch.autograd.Function):
     def backward(ctx, grad):
         f_out, z_leaf = ctx.saved_tensors
         backward: ImplicitBackward = ctx.backward
+        if not bool(torch.isfinite(grad).all()):
+            # A step that overflowed under loss scaling (GradScaler skips it): nothing to solve, and
+            # no solve statistics, so it is not counted as a diverged solve.
+            backward.last_stats = None
+            return grad, None, None
+        # y is linear in grad: solve for grad / ||grad|| and scale back, so that the stopping rule
+        # (an absolute tolerance too) and the step count do not depend on the loss scale.
+        scale = grad.norm().clamp_min(torch.finfo(grad.dtype).tiny)
+        unit_grad = grad / scale
 
         def adjoint_map(y: torch.Tensor) -> torch.Tensor:
             jt_y, = torch.autograd.grad(f_out, z_leaf, y, retain_graph=True)
-            return jt_y + grad
+            return jt_y + unit_grad
 
-        with torch.no_grad():
+        with torch.no_grad(), ieee_float32(enabled=not backward.allow_tf32):
             y, stats = backward.solver.solve(adjoint_map, torch.zeros_like(grad))
         backward.last_stats = stats
-        return y, None, None
+        return y * scale, None, None
 
 
 @dataclass
@@ -59,15 +69,21 @@ class ImplicitBackward:
     """Exact implicit gradient; the adjoint fixed point is solved by ``solver``.
 
     The original IFR solves it with Broyden, F_THRES iterations and an absolute tolerance of
-    2e-10 * sqrt(numel). ``last_stats`` holds the statistics of the most recent adjoint solve.
+    2e-10 * sqrt(numel). Here the system is solved for the incoming gradient divided by its norm (and
+    the solution scaled back), so tolerances, absolute ones included, are relative to the gradient's
+    size: the solve is the same at any loss scale. ``last_stats`` holds the statistics of the most recent adjoint solve.
 
     When ``jacobian_probes`` > 0 is set (by the caller, for the steps it regularises), the call also
     leaves in ``last_jacobian`` a Hutchinson estimate of ||J||_F^2 / numel at z*, computed on the
     same one-step graph f(z*) (``ifr.deq.jacobian``), to be added to the loss; otherwise None.
+
+    ``allow_tf32``: let the adjoint solve's vector-Jacobian products run in TF32 (off by default, see
+    ``ieee_float32``).
     """
 
     solver: SolverConfig = field(default_factory=lambda: SolverConfig("broyden", max_iter=15, tol=1e-6))
     jacobian_probes: int = 0
+    allow_tf32: bool = False
     last_stats: SolverStats | None = field(default=None, init=False, repr=False, compare=False)
     last_jacobian: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 

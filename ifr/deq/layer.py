@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .backward import ImplicitBackward, PhantomBackward
+from .precision import ieee_float32
 from .sharing import distinct_samples, take_samples
 from .solvers import SolverConfig, SolverStats
 
@@ -46,6 +47,11 @@ class EquilibriumRefinement(nn.Module):
     (the solvers treat samples independently and the block acts on each alone). Training calls and
     ``broyden_cvpods`` (batch-global stop test) solve every sample.
 
+    ``allow_tf32``: let the forward solve run convolutions in TF32 on GPUs that have it. Off by
+    default: TF32's rounding (~1e-4 relative per evaluation) is a floor under the residual at the
+    usual tolerances, so solves would stall and run to their step limit (``ieee_float32``). The
+    implicit backward has its own switch (``ImplicitBackward.allow_tf32``).
+
     ``last_stats`` holds the forward solve's statistics of the most recent implicit call, one entry
     per sample of x (None after an unrolled call); ``last_solved`` the number of samples that call
     actually solved. The backward strategy keeps its own ``last_stats``.
@@ -61,6 +67,7 @@ class EquilibriumRefinement(nn.Module):
         solver: SolverConfig | None = None,
         backward: ImplicitBackward | PhantomBackward | None = None,
         share_identical: bool = True,
+        allow_tf32: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
@@ -76,6 +83,7 @@ class EquilibriumRefinement(nn.Module):
         self.solver = solver if solver is not None else SolverConfig()
         self.backward_strategy = backward if backward is not None else ImplicitBackward()
         self.share_identical = share_identical
+        self.allow_tf32 = allow_tf32
         self.last_stats: SolverStats | None = None
         self.last_solved: int | None = None
 
@@ -110,7 +118,7 @@ class EquilibriumRefinement(nn.Module):
             if x.dtype in (torch.float16, torch.bfloat16):
                 x = x.float()
             needs_grad = torch.is_grad_enabled() and self._needs_grad(x)
-            with torch.no_grad():
+            with torch.no_grad(), ieee_float32(enabled=not self.allow_tf32):
                 z_star = self._solve(x, share=not needs_grad)
             if needs_grad:
                 return self.backward_strategy(BlockMap(self.block, x), z_star)

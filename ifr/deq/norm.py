@@ -16,11 +16,12 @@ class ShiftedGroupNorm(nn.GroupNorm):
     such a shift, so subtracting one value of each group (the group's mean at the first pixel: close
     to the group mean) leaves the exact result unchanged and restores NCHW-level precision, at the
     cost of one elementwise pass; the shift is detached because the output does not depend on it.
-    NCHW inputs go straight to the fused kernel, whose two-pass statistics are already precise.
+    NCHW inputs, and inputs on other devices (CUDA's kernel computes its statistics in NCHW order
+    whatever the layout), go straight to the fused kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and x.shape[0] > 0 and not x.is_contiguous() \
+        if x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > 0 and not x.is_contiguous() \
                 and x.is_contiguous(memory_format=torch.channels_last):
             n, c = x.shape[:2]
             first = x[:, :, 0, 0].detach().reshape(n, self.num_groups, c // self.num_groups)

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import BatchLayout, SolveProgress, check_solver_arguments, flat_map
+from .progress import BatchLayout, SolveProgress, SyncPolicy, check_solver_arguments, flat_map
 from .stats import SolverStats
 
 
@@ -73,6 +73,7 @@ def anderson_solve(
     damping: float = 1.0,
     regularization: float = 1e-8,
     divergence_ratio: float = 1e6,
+    sync: SyncPolicy | None = None,
 ) -> tuple[torch.Tensor, SolverStats]:
     """Solves z = f(z) by Anderson acceleration over the last ``memory`` iterates.
 
@@ -86,11 +87,12 @@ def anderson_solve(
         raise ValueError(f"memory must be >= 1, got {memory}")
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
+    sync = sync if sync is not None else SyncPolicy.for_device(z0.device)
     layout = BatchLayout(z0)
-    g_map = flat_map(f, layout)
+    g_map = flat_map(f, layout, sync.restrict)
     z = layout.flatten(z0).clone()
     fz = g_map(z)
-    progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio)
+    progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio, check_period=sync.check_period)
     history = _History(z, min(memory, max_iter + 1))
     history.add(z, fz)
     steps = 0

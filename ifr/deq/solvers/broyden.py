@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .progress import BatchLayout, SolveProgress, check_solver_arguments, flat_map
+from .progress import BatchLayout, SolveProgress, SyncPolicy, check_solver_arguments, flat_map
 from .stats import SolverStats
 
 # Rank-one pairs kept before the approximation restarts from H = -I: the original's 15 at F_THRES 15,
@@ -29,6 +29,7 @@ def broyden_solve(
     stop_mode: str = "rel",
     memory: int = DEFAULT_MEMORY,
     divergence_ratio: float = 1e6,
+    sync: SyncPolicy | None = None,
 ) -> tuple[torch.Tensor, SolverStats]:
     """Solves z = f(z) by Broyden's method on g(z) = f(z) - z.
 
@@ -49,6 +50,8 @@ def broyden_solve(
         tol, stop_mode: convergence test per sample (see ``SolveProgress``).
         memory: rank-one terms kept before a restart (memory = max_iter: never restarts).
         divergence_ratio: protective break threshold (see ``SolveProgress``).
+        sync: how often the solve waits for the device (``SyncPolicy``); by default per device:
+            every step on the CPU, every ``CUDA_CHECK_PERIOD`` steps on a GPU.
 
     Returns:
         The lowest-residual iterate of each sample, shaped like ``z0``, and the solve's statistics.
@@ -56,12 +59,13 @@ def broyden_solve(
     check_solver_arguments(max_iter, tol, stop_mode)
     if memory < 1:
         raise ValueError(f"memory must be >= 1, got {memory}")
+    sync = sync if sync is not None else SyncPolicy.for_device(z0.device)
     layout = BatchLayout(z0)
-    g_map = flat_map(f, layout)
+    g_map = flat_map(f, layout, sync.restrict)
     z = layout.flatten(z0).clone()
     fz = g_map(z)
     gz = fz - z
-    progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio, gz=gz)
+    progress = SolveProgress(z, fz, tol, stop_mode, divergence_ratio, gz=gz, check_period=sync.check_period)
     batch, dim = z.shape
     slots = min(memory, max_iter)
     us = z.new_empty(batch, max(slots, 1), dim)

@@ -7,6 +7,7 @@ and each sample's lowest-residual iterate is what the solver returns.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +23,37 @@ def check_solver_arguments(max_iter: int, tol: float, stop_mode: str) -> None:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+
+
+# Steps between convergence checks on a GPU, where each check is a host-device synchronisation.
+CUDA_CHECK_PERIOD = 2
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    """How often a solve synchronises with the device.
+
+    ``check_period``: the "all samples done?" test (a host sync) runs after every ``check_period``-th
+    step only; between checks the loop goes on, with the finished samples frozen, so the answers are
+    the same (each sample's lowest-residual iterate) and at most ``check_period - 1`` steps are spent
+    on an already finished batch. ``restrict``: evaluate the map on the unfinished samples only,
+    which needs their indices on the host (a sync per step) and pays off where a sync is free.
+    """
+
+    check_period: int = 1
+    restrict: bool = True
+
+    def __post_init__(self) -> None:
+        if self.check_period < 1:
+            raise ValueError(f"check_period must be >= 1, got {self.check_period}")
+
+    @classmethod
+    def for_device(cls, device: torch.device, cuda_check_period: int = CUDA_CHECK_PERIOD) -> "SyncPolicy":
+        """On the CPU a sync costs nothing: check every step and skip finished samples (measured
+        faster, BENCHMARKS.md). On a GPU: no per-step sync, a check every ``cuda_check_period`` steps."""
+        if device.type == "cpu":
+            return cls(check_period=1, restrict=True)
+        return cls(check_period=cuda_check_period, restrict=False)
 
 
 class BatchLayout:
@@ -50,15 +82,16 @@ class BatchLayout:
         return flat.view(flat.shape[0], *self.shape[1:])
 
 
-def flat_map(f, layout: BatchLayout):
+def flat_map(f, layout: BatchLayout, restrict: bool = True):
     """Wraps ``f`` on tensors of ``layout`` as a map on their (B, D) flattening.
 
-    ``mapped(z)`` evaluates every sample. ``mapped(z, previous, active)`` evaluates only the samples
-    still being solved (``active``, (B,) bool) when ``f`` offers ``f.restricted(index)`` (the map on
-    those samples alone), and gives the others their ``previous`` value: a frozen sample's z has not
-    moved, so its f(z) is unchanged, and converged RoIs cost nothing while the rest are solved.
+    ``mapped(z)`` evaluates every sample. ``mapped(z, previous, active)`` gives the samples no longer
+    being solved (``active`` (B,) bool False) their ``previous`` value: a frozen sample's z has not
+    moved, so its f(z) is unchanged. With ``restrict`` and a map that offers ``f.restricted(index)``
+    (the map on those samples alone) only the active samples are evaluated, so converged RoIs cost
+    nothing while the rest are solved; that needs their indices on the host, one sync per call.
     """
-    restrictable = hasattr(f, "restricted")
+    restrictable = restrict and hasattr(f, "restricted")
 
     def mapped(z_flat: torch.Tensor, previous: torch.Tensor | None = None,
                active: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,7 +102,11 @@ def flat_map(f, layout: BatchLayout):
                 if index.numel() > 0:
                     out[index] = layout.flatten(f.restricted(index)(layout.unflatten(z_flat[index])))
                 return out
-        return layout.flatten(f(layout.unflatten(z_flat)))
+            return layout.flatten(f(layout.unflatten(z_flat)))
+        out = layout.flatten(f(layout.unflatten(z_flat)))
+        if previous is not None:
+            out = torch.where(active.unsqueeze(1), out, previous)
+        return out
 
     return mapped
 
@@ -83,14 +120,18 @@ class SolveProgress:
             ``||f(z) - z|| / ||f(z)||``) is below ``tol``.
         divergence_ratio: protective break: a sample whose absolute residual exceeds this multiple of
             its initial one, or becomes non-finite, is stopped and keeps its best iterate.
+        check_period: ``done()`` tests the samples (a host sync) after every ``check_period``-th
+            update only, and says "not done" in between (``SyncPolicy``).
 
     The best iterate is the one with the lowest absolute residual, whatever the stop mode: a relative
     residual also falls when the iterate runs away (f(z) grows with z), so it cannot rank iterates.
     """
 
     def __init__(self, z: torch.Tensor, fz: torch.Tensor, tol: float, stop_mode: str,
-                 divergence_ratio: float, gz: torch.Tensor | None = None):
+                 divergence_ratio: float, gz: torch.Tensor | None = None, check_period: int = 1):
         self.tol = tol
+        self.check_period = check_period
+        self.updates = 0
         self.stop_mode = stop_mode
         self.divergence_ratio = divergence_ratio
         abs_res, rel_res = self._residuals(z, fz, gz)
@@ -121,9 +162,10 @@ class SolveProgress:
         return ~(self.converged | self.diverged)
 
     def done(self) -> bool:
-        # Reading the flag is a host-device synchronisation: once per update, however often asked.
+        # Reading the flag is a host-device synchronisation: at most once per update, however often
+        # asked, and only every ``check_period`` updates.
         if self._done is None:
-            self._done = not bool(self.active.any())
+            self._done = False if self.updates % self.check_period else not bool(self.active.any())
         return self._done
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, gz: torch.Tensor | None = None) -> None:
@@ -141,6 +183,7 @@ class SolveProgress:
         blown_up = ~torch.isfinite(measure) | (abs_res > self.divergence_ratio * self.initial_abs)
         self.diverged = self.diverged | (active & ~self.converged & blown_up)
         self.trace.append(torch.where(active, abs_res, self.trace[-1]))
+        self.updates += 1
         self._done = None
 
     def result(self, iterations: int, layout: BatchLayout) -> tuple[torch.Tensor, SolverStats]:
