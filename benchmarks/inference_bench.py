@@ -8,8 +8,12 @@ block at random initialisation is a stand-in for trained weights (its solves tak
 F_THRES steps more often than a trained block's).
 
 Run (in the virtual environment): ``python benchmarks/inference_bench.py [--images 2] [--repeats 2]
-[--batch-size 1] [--device cpu|cuda]`` (``--batch-size``: images per forward call; times are per image).
-Models run in turns within each repeat, so the ratio columns compare times measured side by side.
+[--batch-size 1] [--device cpu|cuda] [--tf32 off|on] [--size 800 1067]`` (``--batch-size``: images per
+forward call; times are per image; ``--tf32``: torch's global TF32 switches for convolutions and
+matmuls, the fixed-point solves staying in IEEE float32 either way; ``--size``: a smaller image for a
+quick run). Models run in turns within each repeat, so the ratio columns compare times measured side
+by side. On CUDA every time is taken after ``torch.cuda.synchronize`` and the peak memory of each
+model's passes is reported.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from tabulate import tabulate
 from torchvision.ops import FrozenBatchNorm2d
 
+from ifr.deq.precision import set_tf32
 from ifr.modeling import build_generalized_rcnn
 from ifr.tools.experiment import load_experiment
 
@@ -87,16 +92,40 @@ class HeadTimer:
             self.solver_steps.append(stats.iterations)
 
 
+class PeakMemory:
+    """Peak CUDA memory (MiB) of the passes of one model ("-" on the CPU)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.peaks: dict[str, float] = {}
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def stop(self, name: str) -> None:
+        if self.cuda:
+            self.peaks[name] = max(self.peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2 ** 20)
+
+    def column(self, name: str) -> str:
+        return f"{self.peaks[name]:.0f}" if name in self.peaks else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tf32", choices=("off", "on"), default="off",
+                        help="torch's global TF32 switches (the solves stay IEEE float32)")
+    parser.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"))
     args = parser.parse_args()
+    set_tf32(args.tf32 == "on")
+    height, width = args.size
     generator = torch.Generator().manual_seed(0)
-    images = [{"image": torch.randint(0, 256, (3, 800, 1067), dtype=torch.uint8, generator=generator),
-               "height": 800, "width": 1067} for _ in range(args.images)]
+    images = [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator),
+               "height": height, "width": width} for _ in range(args.images)]
     models = {name: build(folder, head, args.device) for name, (folder, head) in MODELS.items()}
     for model in models.values():
         calibrate_frozen_bn(model, images[0])
@@ -104,6 +133,7 @@ def main() -> None:
     totals: dict[str, list[float]] = {name: [] for name in models}
     heads: dict[str, list[float]] = {name: [] for name in models}
     detections: dict[str, set[int]] = {name: set() for name in models}
+    memory = PeakMemory(args.device)
     with torch.no_grad():
         for model in models.values():  # warm-up
             model([images[0]])
@@ -112,10 +142,12 @@ def main() -> None:
                 for first in range(0, len(images), args.batch_size):
                     batch = images[first:first + args.batch_size]
                     timers[name].total = 0.0
+                    memory.start()
                     start = time.perf_counter()
                     outputs = model(batch)
                     if args.device.startswith("cuda"):
                         torch.cuda.synchronize()
+                    memory.stop(name)
                     totals[name].append((time.perf_counter() - start) / len(batch))
                     heads[name].append(timers[name].total / len(batch))
                     detections[name].update(len(out["instances"]["scores"]) for out in outputs)
@@ -127,11 +159,12 @@ def main() -> None:
         steps = timers[name].solver_steps
         rows.append([name, f"{total:.3f}", f"{head:.3f}", f"{head / total:.0%}", f"{total / base_total:.2f}",
                      f"{head / base_head:.2f}", "/".join(map(str, sorted(detections[name]))),
-                     f"{sum(steps) / len(steps):.1f}" if steps else "-"])
-    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{args.images} images x {args.repeats} repeats, batches of {args.batch_size}, 800 x 1067, median per image")
+                     f"{sum(steps) / len(steps):.1f}" if steps else "-", memory.column(name)])
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, TF32 {args.tf32}, "
+          f"{args.images} images x {args.repeats} repeats, batches of {args.batch_size}, {height} x {width}, "
+          "median per image")
     print(tabulate(rows, headers=["model", "s / image", "mask head s / image", "head share", "time vs plain",
-                                  "head vs plain", "detections", "solver steps"], tablefmt="pipe"))
+                                  "head vs plain", "detections", "solver steps", "peak MiB"], tablefmt="pipe"))
 
 
 if __name__ == "__main__":

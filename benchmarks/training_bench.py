@@ -7,8 +7,10 @@ masks are the boxes' inscribed ellipses (every ground-truth box is a positive Ro
 see a realistic number of RoIs although the random RPN proposes few good boxes). The IFR head is timed
 in both phases of its schedule: unrolled (iterations before PRETRAINED_STEPS) and implicit (after).
 
-Run (in the virtual environment): ``python benchmarks/training_bench.py [--images 2] [--steps 3]``.
-Models run in turns, so the ratio column compares times measured side by side.
+Run (in the virtual environment): ``python benchmarks/training_bench.py [--images 2] [--steps 3]
+[--device cpu|cuda] [--fp16] [--size 800 1067]`` (``--fp16``: autocast, float16 with loss scaling on
+CUDA, bfloat16 on the CPU, as TRAINER.FP16.ENABLED trains; the batch is moved to the device once,
+before timing). Models run in turns, so the ratio column compares times measured side by side.
 """
 from __future__ import annotations
 
@@ -30,12 +32,13 @@ MODELS = {
 }
 
 
-def random_batch(images: int, objects: int, generator: torch.Generator) -> list[dict]:
-    height, width = 800, 1067
+def random_batch(images: int, objects: int, generator: torch.Generator, height: int = 800,
+                 width: int = 1067) -> list[dict]:
     batch = []
     for _ in range(images):
-        corners = torch.rand(objects, 2, generator=generator) * torch.tensor([width - 200.0, height - 200.0])
-        sizes = 40 + torch.rand(objects, 2, generator=generator) * 160
+        extent = min(200.0, height / 2, width / 2)
+        corners = torch.rand(objects, 2, generator=generator) * torch.tensor([width - extent, height - extent])
+        sizes = extent / 5 + torch.rand(objects, 2, generator=generator) * extent * 0.8
         boxes = torch.cat([corners, corners + sizes], dim=1)
         ys = torch.arange(height).view(1, -1, 1) + 0.5
         xs = torch.arange(width).view(1, 1, -1) + 0.5
@@ -60,6 +63,12 @@ class MaskRoICounter:
         self.count = len(inputs[0])
 
 
+def on_device(batch: list[dict], device: str) -> list[dict]:
+    """The batch's tensors moved to ``device`` (so the timed steps do not include the copies)."""
+    return [{k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else
+                 v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in image.items()} for image in batch]
+
+
 def training_iteration(model: torch.nn.Module, phase: str) -> int:
     """The global iteration that puts an IFR head in ``phase`` (other heads ignore it)."""
     pretrained_steps = getattr(getattr(model.roi_heads.mask_head, "refinement", None), "pretrained_steps", 0)
@@ -72,13 +81,21 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=64, help="ground-truth objects per image")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model (after one warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fp16", action="store_true", help="mixed precision, as TRAINER.FP16.ENABLED")
+    parser.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"))
     args = parser.parse_args()
-    batch = random_batch(args.images, args.objects, torch.Generator().manual_seed(0))
+    height, width = args.size
+    batch = on_device(random_batch(args.images, args.objects, torch.Generator().manual_seed(0), height, width),
+                      args.device)
+    device_type = torch.device(args.device).type
+    scalers = {}
     models = {}
     for name, (folder, head, phase) in MODELS.items():
         model = build(folder, head, args.device)
         calibrate_frozen_bn(model, batch[0])
         models[name] = (model.train(), phase)
+        # float16 gradients need loss scaling; bfloat16 (the CPU's autocast type) does not
+        scalers[name] = torch.amp.GradScaler(device_type, enabled=args.fp16 and device_type == "cuda")
     counters = {name: MaskRoICounter(model.roi_heads.mask_head) for name, (model, _) in models.items()}
     optimizers = {name: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
                   for name, (model, _) in models.items()}
@@ -87,10 +104,12 @@ def main() -> None:
     for step in range(args.steps + 1):
         for name, (model, phase) in models.items():
             start = time.perf_counter()
-            losses = model(batch, iteration=training_iteration(model, phase))
+            with torch.autocast(device_type, enabled=args.fp16):
+                losses = model(batch, iteration=training_iteration(model, phase))
             optimizers[name].zero_grad()
-            sum(losses.values()).backward()
-            optimizers[name].step()
+            scalers[name].scale(sum(losses.values())).backward()
+            scalers[name].step(optimizers[name])
+            scalers[name].update()
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             if step > 0:  # the first step is a warm-up
@@ -105,8 +124,9 @@ def main() -> None:
         median = statistics.median(times[name])
         rows.append([name, f"{median:.2f}", f"{median / base:.2f}", counters[name].count,
                      " ".join(solver_steps[name]) or "-"])
-    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.images} images "
-          f"x 800 x 1067 per batch, {args.objects} objects per image, median of {args.steps} steps")
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{'mixed precision' if args.fp16 else 'float32'}, {args.images} images x {height} x {width} per batch, "
+          f"{args.objects} objects per image, median of {args.steps} steps")
     print(tabulate(rows, headers=["model", "s / step", "time vs plain", "mask-head RoIs",
                                   "solver steps fwd/bwd"], tablefmt="pipe"))
 

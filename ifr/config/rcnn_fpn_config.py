@@ -89,9 +89,11 @@ _RCNN_FPN_DEFAULTS = dict(
             NORM="",
             CLS_AGNOSTIC_MASK=False,
             POOLER_TYPE="ROIAlignV2",
-            # Not in cvpods: compute the mask head in channels_last memory layout (same results, faster
-            # 3x3 convolutions; see BENCHMARKS.md).
+            # Not in cvpods: compute the mask head in channels_last memory layout (same results). On the
+            # CPU (CHANNELS_LAST) it is measured faster (BENCHMARKS.md); on CUDA (CUDA_CHANNELS_LAST)
+            # GroupNorm returns NCHW, so every block evaluation would copy layouts: off until measured.
             CHANNELS_LAST=True,
+            CUDA_CHANNELS_LAST=False,
             # The refinement heads ("weight_sharing", "ifr"); the 4-conv head reads none of these.
             # The block's GroupNorm groups (the original: 4).
             GN_GROUPS=4,
@@ -128,6 +130,13 @@ _RCNN_FPN_DEFAULTS = dict(
             JACOBIAN_WEIGHT=0.0,
             JACOBIAN_FREQUENCY=1.0,
             JACOBIAN_PROBES=1,
+            # GPUs: the forward and adjoint solves run in IEEE float32 unless SOLVE_ALLOW_TF32 (TF32's
+            # ~1e-4 rounding per block evaluation is a floor under the residual at F_TOL 1e-4, so solves
+            # would stall at F_THRES); the rest of the model follows torch's global TF32 settings. On
+            # CUDA the solvers test convergence (a host sync) every CUDA_CHECK_PERIOD steps rather than
+            # every step (broyden_cvpods keeps the original's per-step test).
+            SOLVE_ALLOW_TF32=False,
+            CUDA_CHECK_PERIOD=2,
         ),
     ),
     INPUT=dict(

@@ -28,6 +28,13 @@ def _precision_settings() -> list[tuple[object, str]]:
     return [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
 
 
+def set_tf32(enabled: bool) -> None:
+    """Sets torch's process-wide TF32 switches for cuDNN convolutions and CUDA matmuls (what a user's
+    script would set), in the API this torch has."""
+    for obj, name in _precision_settings():
+        setattr(obj, name, ("tf32" if enabled else "ieee") if name == "fp32_precision" else enabled)
+
+
 @contextlib.contextmanager
 def ieee_float32(enabled: bool = True) -> Iterator[None]:
     """Within: cuDNN convolutions and CUDA matmuls in IEEE float32 (no TF32). ``enabled=False``
@@ -38,8 +45,7 @@ def ieee_float32(enabled: bool = True) -> Iterator[None]:
     settings = _precision_settings()
     saved = [getattr(obj, name) for obj, name in settings]
     try:
-        for obj, name in settings:
-            setattr(obj, name, "ieee" if name == "fp32_precision" else False)
+        set_tf32(False)
         yield
     finally:
         for (obj, name), value in zip(settings, saved):

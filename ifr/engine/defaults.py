@@ -213,7 +213,7 @@ class DefaultTrainer(SimpleTrainer):
         optimizer = build_optimizer(cfg, model)
         rank, world_size = comm.get_rank(), comm.get_world_size()
         trained = model
-        if world_size > 1:
+        if comm.is_distributed():  # also a 1-process group (torchrun --nproc_per_node 1): the DDP path
             device_ids = [torch.cuda.current_device()] if model_device(model).type == "cuda" else None
             trained = DistributedDataParallel(model, device_ids=device_ids)
         self.loader_arguments = dict(cfg=cfg, seed=cfg.SEED, rank=rank, world_size=world_size)

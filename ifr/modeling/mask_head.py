@@ -156,7 +156,8 @@ _SOLVER_KEYS = ("F_SOLVER", "F_THRES", "F_TOL", "STOP_MODE")
 _BACKWARD_KEYS = {"implicit": ("B_SOLVER", "B_THRES", "B_TOL"), "phantom": ("PHANTOM_STEPS", "PHANTOM_DAMPING")}
 _OPTION_KEYS = tuple(sorted({k for keys in SOLVER_OPTION_KEYS.values() for k in keys.values()}))
 _JACOBIAN_KEYS = ("JACOBIAN_WEIGHT", "JACOBIAN_FREQUENCY", "JACOBIAN_PROBES")
-_IFR_KEYS = ("PRETRAINED_STEPS", "BACKWARD", *_SOLVER_KEYS, *_OPTION_KEYS, *_JACOBIAN_KEYS,
+_DEVICE_KEYS = ("SOLVE_ALLOW_TF32", "CUDA_CHECK_PERIOD")
+_IFR_KEYS = ("PRETRAINED_STEPS", "BACKWARD", *_SOLVER_KEYS, *_OPTION_KEYS, *_JACOBIAN_KEYS, *_DEVICE_KEYS,
              *(k for keys in _BACKWARD_KEYS.values() for k in keys))
 _BLOCK_KEYS = ("GN_GROUPS",)
 
@@ -175,16 +176,18 @@ def _solver_config(head, prefix: str) -> SolverConfig:
         valid, expected = _OPTION_RANGES[option]
         if not valid(value):
             raise ConfigError(f"MODEL.ROI_MASK_HEAD.{SOLVER_OPTION_KEYS[name][option]} must be {expected}, got {value}")
+    if head.CUDA_CHECK_PERIOD < 1:
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.CUDA_CHECK_PERIOD must be >= 1, got {head.CUDA_CHECK_PERIOD}")
     try:
         return SolverConfig(name, max_iter=head[f"{prefix}_THRES"], tol=head[f"{prefix}_TOL"],
-                            stop_mode=head.STOP_MODE, options=options)
+                            stop_mode=head.STOP_MODE, options=options, cuda_check_period=head.CUDA_CHECK_PERIOD)
     except ValueError as e:
         raise ConfigError(f"MODEL.ROI_MASK_HEAD.{prefix}_SOLVER: {e}") from None
 
 
 def _backward(head) -> ImplicitBackward | PhantomBackward:
     if head.BACKWARD == "implicit":
-        return ImplicitBackward(_solver_config(head, "B"))
+        return ImplicitBackward(_solver_config(head, "B"), allow_tf32=head.SOLVE_ALLOW_TF32)
     if head.BACKWARD == "phantom":
         try:
             return PhantomBackward(head.PHANTOM_STEPS, head.PHANTOM_DAMPING)
@@ -210,11 +213,19 @@ def _refinement_block(head, in_channels: int, weight_norm: bool) -> IFRBlock:
     return IFRBlock(in_channels, num_groups=head.GN_GROUPS, weight_norm=weight_norm)
 
 
+def _channels_last(cfg) -> bool:
+    """The head's memory layout on the device the model runs on: MODEL.DEVICE, or the CPU where a
+    CUDA device is configured but none is available (the run falls back to the CPU then)."""
+    head = cfg.MODEL.ROI_MASK_HEAD
+    on_cpu, on_cuda = head.CHANNELS_LAST, head.CUDA_CHANNELS_LAST
+    return on_cuda if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available() else on_cpu
+
+
 def build_conv_mask_head(cfg, in_channels: int = 256) -> ConvUpsampleMaskHead:
     head = cfg.MODEL.ROI_MASK_HEAD
     _warn_unread(head, _BLOCK_KEYS + _IFR_KEYS, "conv")
     return ConvUpsampleMaskHead(in_channels, head.CONV_DIM, head.NUM_CONV, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                                head.CLS_AGNOSTIC_MASK, head.CHANNELS_LAST, head.NORM)
+                                head.CLS_AGNOSTIC_MASK, _channels_last(cfg), head.NORM)
 
 
 def build_weight_sharing_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
@@ -224,7 +235,7 @@ def build_weight_sharing_mask_head(cfg, in_channels: int = 256) -> RefinementMas
     refinement = EquilibriumRefinement(_refinement_block(head, in_channels, weight_norm=False),
                                        mode="unrolled", num_unrolled=head.NUM_CONV)
     return RefinementMaskHead(refinement, in_channels, cfg.MODEL.ROI_HEADS.NUM_CLASSES, head.CLS_AGNOSTIC_MASK,
-                              head.CHANNELS_LAST)
+                              _channels_last(cfg))
 
 
 def build_ifr_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
@@ -242,9 +253,9 @@ def build_ifr_mask_head(cfg, in_channels: int = 256) -> RefinementMaskHead:
     refinement = EquilibriumRefinement(_refinement_block(head, in_channels, weight_norm=True),
                                        mode="scheduled", num_unrolled=head.NUM_CONV,
                                        pretrained_steps=head.PRETRAINED_STEPS, solver=_solver_config(head, "F"),
-                                       backward=_backward(head))
+                                       backward=_backward(head), allow_tf32=head.SOLVE_ALLOW_TF32)
     return RefinementMaskHead(refinement, in_channels, cfg.MODEL.ROI_HEADS.NUM_CLASSES, head.CLS_AGNOSTIC_MASK,
-                              head.CHANNELS_LAST, head.JACOBIAN_WEIGHT, head.JACOBIAN_FREQUENCY, head.JACOBIAN_PROBES)
+                              _channels_last(cfg), head.JACOBIAN_WEIGHT, head.JACOBIAN_FREQUENCY, head.JACOBIAN_PROBES)
 
 
 MASK_HEADS = {
