@@ -38,7 +38,8 @@ def reference_postprocess(detections, input_size, output_size, mask_threshold=0.
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     result = {k: v[keep] for k, v in detections.items()}
     result["boxes"] = boxes[keep]
-    masks = [reference_paste_mask(m[0], b, output_size, mask_threshold) for m, b in zip(result["masks"], result["boxes"])]
+    masks = [reference_paste_mask(m[0], b, output_size, mask_threshold)
+             for m, b in zip(result["masks"], result["boxes"])]
     result["masks"] = torch.stack(masks) if masks else torch.zeros((0, *output_size), dtype=torch.bool)
     return result
 
