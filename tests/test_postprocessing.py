@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import clip_boxes_to_image
 
-from ifr.modeling.postprocessing import detector_postprocess, paste_masks_in_image
+from ifr.modeling.postprocessing import TILE, detector_postprocess, paste_masks_in_image
 
 
 def reference_paste_mask(mask, box, image_size, threshold=0.5):
@@ -98,7 +98,7 @@ def test_batched_paste_of_float64_inputs(threshold):
 
 
 def test_chunking_does_not_change_masks():
-    """Many detections in chunks of a few hundred pixels: the same masks as one chunk and as the reference."""
+    """Many detections, one tile a grid_sample call: the same masks as one call and as the reference."""
     generator = torch.Generator().manual_seed(6)
     boxes, masks = random_boxes(300, 40, 50, generator), random_masks(300, 28, generator)
     whole = paste_masks_in_image(masks, boxes, (40, 50), threshold=None)
@@ -107,8 +107,8 @@ def test_chunking_does_not_change_masks():
     assert_pastes_equal(masks, boxes, (40, 50), max_chunk_pixels=300)
 
 
-def test_chunks_hold_their_pixel_budget(monkeypatch):
-    """Every grid_sample call samples at most the budget, unless a single window is larger."""
+def test_calls_hold_their_pixel_budget(monkeypatch):
+    """Every grid_sample call samples whole tiles, at most the budget's worth."""
     calls = []
     real_grid_sample = F.grid_sample
 
@@ -116,10 +116,19 @@ def test_chunks_hold_their_pixel_budget(monkeypatch):
         calls.append(grid.shape[:3].numel())
         return real_grid_sample(input, grid, **kwargs)
 
+    generator = torch.Generator().manual_seed(7)
+    boxes, masks = random_boxes(30, 100, 120, generator), random_masks(30, 28, generator)
+    whole = paste_masks_in_image(masks, boxes, (100, 120))
     monkeypatch.setattr(F, "grid_sample", counting_grid_sample)
-    boxes = torch.tensor([[0.0, 0.0, 40.0, 30.0]] + [[x, 1.0, x + 9.5, 10.5] for x in range(30)])
-    paste_masks_in_image(torch.rand(31, 28, 28), boxes, (30, 40), max_chunk_pixels=500)
-    assert calls[0] == 30 * 40 and all(c <= 500 for c in calls[1:]) and len(calls) == 1 + math.ceil(30 / 5)
+    assert torch.equal(paste_masks_in_image(masks, boxes, (100, 120), max_chunk_pixels=3 * TILE * TILE + 5), whole)
+    assert len(calls) > 3 and all(c <= 3 * TILE * TILE for c in calls)
+
+
+@pytest.mark.parametrize("image_size", [(7, 300), (300, 5), (1, 1), (TILE, TILE + 1)])
+def test_images_smaller_than_a_tile(image_size):
+    generator = torch.Generator().manual_seed(8)
+    boxes = random_boxes(20, *image_size, generator)
+    assert_pastes_equal(random_masks(20, 28, generator), boxes, image_size, threshold=None)
 
 
 def test_empty_and_non_finite_boxes_paste_empty_masks():

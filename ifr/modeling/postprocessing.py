@@ -1,14 +1,14 @@
 """Detections at network-input resolution -> detections at the original image's resolution."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torchvision.ops import clip_boxes_to_image
 
-# Pixels sampled by one grid_sample call when pasting masks (about 14 bytes each: the grid, the
-# samples, the thresholded values): 2**23 pixels keep a chunk near 120 MB on any device.
+# Masks are pasted by sampling each box's pixel window in square tiles of TILE pixels a side, the tiles
+# of all detections batched into grid_sample calls of at most MAX_CHUNK_PIXELS pixels each (about
+# 14 bytes a pixel: grid, samples, thresholded values; 2**23 pixels stay near 120 MB on any device).
+TILE = 32
 MAX_CHUNK_PIXELS = 2 ** 23
 
 
@@ -17,32 +17,31 @@ def _mask_windows(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Ten
     floor / ceil of each box clipped to the image: the pixels whose centre can lie in the box. An
     empty or non-finite box, or one outside the image, gets the empty range (0, 0, 0, 0)."""
     height, width = image_size
-    limits = boxes.new_tensor([width, height, width, height])
-    corners = torch.cat([boxes[:, :2].floor(), boxes[:, 2:].ceil()], dim=1)
-    corners = torch.minimum(corners.clamp(min=0), limits)
+    corners = torch.cat([boxes[:, :2].double().floor(), boxes[:, 2:].double().ceil()], dim=1)
+    corners[:, 0::2] = corners[:, 0::2].clamp(0, width)
+    corners[:, 1::2] = corners[:, 1::2].clamp(0, height)
     valid = (torch.isfinite(boxes).all(dim=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
              & (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1]))
     return torch.where(valid[:, None], corners, 0).to(torch.int64)
 
 
-def _chunks(windows: list[list[int]], max_pixels: int) -> Iterator[tuple[list[int], int, int]]:
-    """Groups the non-empty windows, largest first, as (indices, height, width): every window of a
-    group padded to the group's largest height and width, the group holds at most ``max_pixels``
-    pixels (or is a single window)."""
-    sizes = [(bottom - top, right - left) for left, top, right, bottom in windows]
-    order = sorted((i for i, (h, w) in enumerate(sizes) if h > 0), key=lambda i: sizes[i][0] * sizes[i][1],
-                   reverse=True)
-    group: list[int] = []
-    group_h = group_w = 0
-    for i in order:
-        h, w = max(group_h, sizes[i][0]), max(group_w, sizes[i][1])
-        if group and (len(group) + 1) * h * w > max_pixels:
-            yield group, group_h, group_w
-            group, (h, w) = [], sizes[i]
-        group.append(i)
-        group_h, group_w = h, w
-    if group:
-        yield group, group_h, group_w
+def _tiles(windows: torch.Tensor, tile_h: int, tile_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cuts (D, 4) windows into tiles of tile_h x tile_w pixels -> the (T,) detection index and the
+    (T,) top row and (T,) left column of each tile. A window's last row (column) of tiles is moved
+    back to end with the window, or to start at 0, so that every tile lies in the image (tiles of
+    one window may overlap). One host sync whatever D is: reading the number of tiles."""
+    left, top, right, bottom = windows.unbind(dim=1)
+    rows = (bottom - top + tile_h - 1) // tile_h
+    columns = (right - left + tile_w - 1) // tile_w
+    per_window = rows * columns
+    count = int(per_window.sum())
+    detection = torch.repeat_interleave(torch.arange(len(windows), device=windows.device), per_window,
+                                        output_size=count)
+    k = torch.arange(count, device=windows.device) - (torch.cumsum(per_window, 0) - per_window)[detection]
+    row, column = k // columns[detection], k % columns[detection]
+    tile_top = torch.minimum(top[detection] + row * tile_h, bottom[detection] - tile_h).clamp(min=0)
+    tile_left = torch.minimum(left[detection] + column * tile_w, right[detection] - tile_w).clamp(min=0)
+    return detection, tile_top, tile_left
 
 
 def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
@@ -54,11 +53,11 @@ def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_size: t
     relative to the box (``grid_sample``, align_corners=False, zero outside) and is set where the
     sample is >= ``threshold``, as cvpods pastes masks. Pixels whose centre lies outside the box can
     only sample less than half of an edge value, so only each box's pixel window (``_mask_windows``)
-    is sampled, the rest is left False (0). Detections are pasted in chunks of similar window sizes, each chunk one
-    ``grid_sample`` call over at most ``max_chunk_pixels`` pixels; the windows are read on the host
-    once (one device-to-host copy whatever D is). Box coordinates enter the arithmetic as float32,
-    box sizes as the float32 rounding of a float64 difference: a mask is bit-identical to one pasted
-    on its own.
+    is sampled, the rest is left False (0). The windows are sampled in tiles, all detections' tiles
+    batched into ``grid_sample`` calls of at most ``max_chunk_pixels`` pixels: one host sync per
+    call of this function, none per detection. Box coordinates enter the arithmetic as float32, box
+    sizes as the float32 rounding of a float64 difference: a mask is bit-identical to one pasted on
+    its own.
     """
     if masks.dim() != 3 or boxes.shape != (len(masks), 4):
         raise ValueError(f"paste_masks_in_image: expected (D, M, M) masks and (D, 4) boxes, got "
@@ -67,26 +66,28 @@ def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_size: t
     device = masks.device
     out = torch.zeros((len(masks), height, width), dtype=torch.bool if threshold is not None else torch.float32,
                       device=device)
-    if len(masks) == 0:
+    if len(masks) == 0 or height == 0 or width == 0:
         return out
     windows = _mask_windows(boxes, image_size)
+    tile_h, tile_w = min(TILE, height), min(TILE, width)
+    detection, tile_top, tile_left = _tiles(windows, tile_h, tile_w)
     origins = boxes[:, :2].float()
     sizes = (boxes[:, 2:].double() - boxes[:, :2].double()).float()
-    for group, h, w in _chunks(windows.tolist(), max_chunk_pixels):
-        index = torch.tensor(group, device=device)
+    tiles_per_call = max(1, max_chunk_pixels // (tile_h * tile_w))
+    for first in range(0, len(detection), tiles_per_call):
+        index = detection[first:first + tiles_per_call]
         window = windows[index]
-        # Padded windows start early enough to stay inside the image, so their pixels are distinct.
-        top = torch.clamp(window[:, 1], max=height - h)
-        left = torch.clamp(window[:, 0], max=width - w)
-        ys = top[:, None] + torch.arange(h, device=device)  # (n, h)
-        xs = left[:, None] + torch.arange(w, device=device)  # (n, w)
+        ys = tile_top[first:first + tiles_per_call, None] + torch.arange(tile_h, device=device)  # (n, tile_h)
+        xs = tile_left[first:first + tiles_per_call, None] + torch.arange(tile_w, device=device)  # (n, tile_w)
         grid_y = (ys.float() + 0.5 - origins[index, 1:2]) / sizes[index, 1:2] * 2 - 1
         grid_x = (xs.float() + 0.5 - origins[index, 0:1]) / sizes[index, 0:1] * 2 - 1
-        grid = torch.stack([grid_x[:, None, :].expand(-1, h, -1), grid_y[:, :, None].expand(-1, -1, w)], dim=-1)
+        grid = torch.stack([grid_x[:, None, :].expand(-1, tile_h, -1), grid_y[:, :, None].expand(-1, -1, tile_w)],
+                           dim=-1)
         sampled = F.grid_sample(masks[index, None].float(), grid, mode="bilinear", align_corners=False)[:, 0]
         in_window = (((ys >= window[:, 1:2]) & (ys < window[:, 3:4]))[:, :, None]
                      & ((xs >= window[:, 0:1]) & (xs < window[:, 2:3]))[:, None, :])
         pasted = sampled >= threshold if threshold is not None else sampled
+        # overlapping tiles of a window write the same value to the pixels they share
         out[index[:, None, None], ys[:, :, None], xs[:, None, :]] = pasted.masked_fill(~in_window, 0)
     return out
 
