@@ -11,8 +11,8 @@ def _seed():
     not torch.cuda.is_available(), reason="no CUDA device here (torch.cuda.is_available() is False)"))])
 def device(request):
     """The device a head, solver or model test runs on: the CPU, and CUDA where torch sees a GPU
-    (``pytest -k cuda`` selects those cases). CUDA runs with TF32 off, so the tolerances the tests
-    state for float32 hold there too; the project's TF32 behaviour has tests of its own."""
+    (``pytest -k cuda`` selects those cases). CUDA runs with TF32 off, so that the tolerances these
+    tests state for float32 hold there too (TF32 is not what they check)."""
     if request.param == "cpu":
         yield torch.device("cpu")
         return
