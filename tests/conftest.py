@@ -7,6 +7,24 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here (torch.cuda.is_available() is False)"))])
+def device(request):
+    """The device a head, solver or model test runs on: the CPU, and CUDA where torch sees a GPU
+    (``pytest -k cuda`` selects those cases). CUDA runs with TF32 off, so that the tolerances these
+    tests state for float32 hold there too (TF32 is not what they check)."""
+    if request.param == "cpu":
+        yield torch.device("cpu")
+        return
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield torch.device("cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
 @pytest.fixture(scope="session")
 def datasets_root(tmp_path_factory):
     """IFR_DATASETS pointing at a per-session folder (the synthetic dataset is generated there once)."""

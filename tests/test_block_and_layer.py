@@ -15,8 +15,8 @@ def _reference_block_forward(z, x, w1, w2, gns, groups):
 
 
 @pytest.mark.parametrize("weight_norm", [True, False])
-def test_block_matches_the_official_formula(weight_norm):
-    block = IFRBlock(channels=16, num_groups=4, weight_norm=weight_norm)
+def test_block_matches_the_official_formula(weight_norm, device):
+    block = IFRBlock(channels=16, num_groups=4, weight_norm=weight_norm).to(device)
     with torch.no_grad():
         for gn in (block.gn1, block.gn2, block.gn3):
             gn.weight.normal_()
@@ -27,7 +27,7 @@ def test_block_matches_the_official_formula(weight_norm):
     else:
         w1, w2 = block.conv1.weight, block.conv2.weight
     gns = [(gn.weight, gn.bias) for gn in (block.gn1, block.gn2, block.gn3)]
-    z, x = torch.randn(2, 16, 7, 7), torch.randn(2, 16, 7, 7)
+    z, x = torch.randn(2, 16, 7, 7, device=device), torch.randn(2, 16, 7, 7, device=device)
     assert torch.allclose(block(z, x), _reference_block_forward(z, x, w1, w2, gns, 4), atol=1e-5)
 
 
@@ -52,9 +52,9 @@ def test_weight_norm_conv_starts_equal_to_its_direction_and_follows_g():
     assert torch.allclose(conv(x), F.conv2d(x, 2.0 * conv.weight_v, padding=1), atol=1e-5)
 
 
-def test_unrolled_mode_equals_explicit_applications():
-    block = IFRBlock(channels=8, num_groups=4)
-    x = torch.randn(3, 8, 5, 5)
+def test_unrolled_mode_equals_explicit_applications(device):
+    block = IFRBlock(channels=8, num_groups=4).to(device)
+    x = torch.randn(3, 8, 5, 5, device=device)
     layer = EquilibriumRefinement(block, mode="unrolled", num_unrolled=4)
     z = torch.zeros_like(x)
     for _ in range(4):
@@ -63,11 +63,11 @@ def test_unrolled_mode_equals_explicit_applications():
     assert layer.last_stats is None
 
 
-def test_scheduled_mode_switches_at_pretrained_steps():
-    block = IFRBlock(channels=8, num_groups=4, weight_norm=True)
+def test_scheduled_mode_switches_at_pretrained_steps(device):
+    block = IFRBlock(channels=8, num_groups=4, weight_norm=True).to(device)
     layer = EquilibriumRefinement(block, mode="scheduled", num_unrolled=4, pretrained_steps=100,
                                   solver=SolverConfig("broyden", max_iter=6)).train()
-    x = torch.randn(2, 8, 5, 5)
+    x = torch.randn(2, 8, 5, 5, device=device)
     assert layer.resolve_mode(0) == layer.resolve_mode(99) == "unrolled"
     assert layer.resolve_mode(100) == layer.resolve_mode(10_000) == "implicit"
     unrolled = layer(x, iteration=99)
@@ -81,11 +81,11 @@ def test_scheduled_mode_switches_at_pretrained_steps():
     assert layer.resolve_mode(None) == layer.resolve_mode(5) == "implicit"
 
 
-def test_inference_returns_the_lowest_residual_iterate():
-    block = IFRBlock(channels=8, num_groups=4, weight_norm=True).eval()
+def test_inference_returns_the_lowest_residual_iterate(device):
+    block = IFRBlock(channels=8, num_groups=4, weight_norm=True).to(device).eval()
     solver = SolverConfig("broyden", max_iter=5, tol=0.0, stop_mode="abs")
     layer = EquilibriumRefinement(block, mode="implicit", solver=solver).eval()
-    x = torch.randn(2, 8, 5, 5)
+    x = torch.randn(2, 8, 5, 5, device=device)
     with torch.no_grad():
         z = layer(x)
         expected, _ = solver.solve(lambda z: block(z, x), torch.zeros_like(x))
@@ -96,10 +96,10 @@ def test_inference_returns_the_lowest_residual_iterate():
 
 
 @pytest.mark.parametrize("mode", ["implicit", "unrolled"])
-def test_empty_batch(mode):
-    block = IFRBlock(channels=8, num_groups=4, weight_norm=True)
+def test_empty_batch(mode, device):
+    block = IFRBlock(channels=8, num_groups=4, weight_norm=True).to(device)
     layer = EquilibriumRefinement(block, mode=mode).train()
-    x = torch.zeros(0, 8, 5, 5, requires_grad=True)
+    x = torch.zeros(0, 8, 5, 5, device=device, requires_grad=True)
     z = layer(x)
     assert z.shape == (0, 8, 5, 5)
     z.sum().backward()

@@ -10,7 +10,7 @@ from torchvision.ops import roi_align
 from ifr.data.transforms import shortest_edge_size
 from ifr.modeling.anchor_generator import DefaultAnchorGenerator
 from ifr.modeling.poolers import ROIPooler, assign_boxes_to_levels
-from ifr.modeling.postprocessing import detector_postprocess, paste_mask_in_image
+from ifr.modeling.postprocessing import detector_postprocess, paste_masks_in_image
 from ifr.modeling.roi_heads import crop_and_resize_masks
 from ifr.solver import WarmupMultiStepLR, parameter_groups, warmup_multistep_factor
 
@@ -68,7 +68,7 @@ def test_paste_mask_matches_full_image_grid_sample():
         ys = ((torch.arange(h) + 0.5 - box[1]) / (box[3] - box[1])) * 2 - 1
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
         ref = F.grid_sample(mask[None, None], grid, align_corners=False)[0, 0] >= 0.5
-        assert torch.equal(paste_mask_in_image(mask, box, (h, w)), ref)
+        assert torch.equal(paste_masks_in_image(mask[None], box[None], (h, w))[0], ref)
 
 
 def test_postprocess_rescales_clips_and_drops_empty_boxes():

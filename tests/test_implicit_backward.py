@@ -8,8 +8,8 @@ from ifr.deq import (EquilibriumRefinement, IFRBlock, ImplicitBackward, PhantomB
 TIGHT = SolverConfig("broyden", max_iter=200, tol=1e-13, stop_mode="abs")
 
 
-def _small_block(weight_norm=True):
-    block = IFRBlock(channels=8, num_groups=4, weight_norm=weight_norm).double()
+def _small_block(weight_norm=True, device="cpu"):
+    block = IFRBlock(channels=8, num_groups=4, weight_norm=weight_norm).to(device, torch.float64)
     with torch.no_grad():  # non-trivial affine parameters, so their gradients are checked for real
         for gn in (block.gn1, block.gn2, block.gn3):
             gn.weight.uniform_(0.5, 1.5)
@@ -39,9 +39,9 @@ def _grads(loss, block, x):
 
 
 @pytest.mark.parametrize("weight_norm", [True, False])
-def test_implicit_gradient_matches_unrolled_autograd(weight_norm):
-    block = _small_block(weight_norm)
-    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+def test_implicit_gradient_matches_unrolled_autograd(weight_norm, device):
+    block = _small_block(weight_norm, device)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
     weight = torch.randn_like(x)
     layer = _implicit_layer(block).train()
 
@@ -59,8 +59,8 @@ def test_implicit_gradient_matches_unrolled_autograd(weight_norm):
         assert rel < 1e-4, f"gradient of {name}: relative error {rel:.2e}"
 
 
-def test_implicit_gradient_passes_gradcheck():
-    block = IFRBlock(channels=4, num_groups=2, weight_norm=True).double()
+def test_implicit_gradient_passes_gradcheck(device):
+    block = IFRBlock(channels=4, num_groups=2, weight_norm=True).to(device, torch.float64)
     layer = _implicit_layer(block).train()
     params = dict(block.named_parameters())
     names = list(params)
@@ -69,7 +69,7 @@ def test_implicit_gradient_passes_gradcheck():
         z = torch.func.functional_call(layer, {f"block.{n}": v for n, v in zip(names, param_values)}, (x,))
         return z
 
-    x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
     values = [p.detach().clone().requires_grad_() for p in params.values()]
     assert torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-5, rtol=1e-4)
 
@@ -88,9 +88,9 @@ def _saved_tensor_bytes(layer, x):
     return total, out
 
 
-def test_implicit_training_graph_does_not_grow_with_forward_iterations():
-    block = IFRBlock(channels=16, num_groups=4, weight_norm=True)
-    x = torch.randn(3, 16, 6, 6, requires_grad=True)
+def test_implicit_training_graph_does_not_grow_with_forward_iterations(device):
+    block = IFRBlock(channels=16, num_groups=4, weight_norm=True).to(device)
+    x = torch.randn(3, 16, 6, 6, device=device, requires_grad=True)
     saved = {}
     for iters in (2, 10, 40):
         layer = EquilibriumRefinement(block, mode="implicit",
@@ -105,9 +105,9 @@ def test_implicit_training_graph_does_not_grow_with_forward_iterations():
     assert unrolled_large["bytes"] > 4 * unrolled_small["bytes"]
 
 
-def test_phantom_gradient_approaches_implicit_gradient_with_more_steps():
-    block = _small_block()
-    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+def test_phantom_gradient_approaches_implicit_gradient_with_more_steps(device):
+    block = _small_block(device=device)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
     weight = torch.randn_like(x)
     exact = _grads(_loss(_implicit_layer(block).train()(x), weight), block, x)
 

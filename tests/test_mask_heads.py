@@ -44,9 +44,9 @@ def test_state_dict_names():
         "deconv.weight", "predictor.weight", "mask_fcn1.weight", "mask_fcn2.weight"]
 
 
-def test_ifr_head_switches_from_unrolled_to_implicit_at_pretrained_steps():
-    head = MASK_HEADS["ifr"](_cfg(pretrained_steps=5), 16).train()
-    x = torch.randn(3, 16, 14, 14)
+def test_ifr_head_switches_from_unrolled_to_implicit_at_pretrained_steps(device):
+    head = MASK_HEADS["ifr"](_cfg(pretrained_steps=5), 16).to(device).train()
+    x = torch.randn(3, 16, 14, 14, device=device)
     out = head(x, iteration=4)
     assert out.shape == (3, 3, 28, 28)
     assert head.refinement.last_stats is None
@@ -72,11 +72,11 @@ def _toy_batch(channels, num_classes, rois=8, seed=0):
 
 
 @pytest.mark.parametrize("name", sorted(MASK_HEADS))
-def test_each_head_learns_a_toy_mask_task(name):
+def test_each_head_learns_a_toy_mask_task(name, device):
     torch.manual_seed(0)
-    head = MASK_HEADS[name](_cfg(pretrained_steps=3, f_thres=8), 16).train()
+    head = MASK_HEADS[name](_cfg(pretrained_steps=3, f_thres=8), 16).to(device).train()
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    x, classes, masks = _toy_batch(16, 3)
+    x, classes, masks = (t.to(device) for t in _toy_batch(16, 3))
     losses = []
     for it in range(12):  # crosses PRETRAINED_STEPS = 3: the IFR head trains implicitly from it = 3
         loss = mask_rcnn_loss(head(x, iteration=it), classes, masks)
@@ -88,28 +88,28 @@ def test_each_head_learns_a_toy_mask_task(name):
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_mask_loss_and_inference_select_the_class_channel():
-    logits = torch.randn(2, 3, 4, 4)
-    classes = torch.tensor([2, 0])
-    targets = (torch.rand(2, 4, 4) > 0.5).float()
+def test_mask_loss_and_inference_select_the_class_channel(device):
+    logits = torch.randn(2, 3, 4, 4, device=device)
+    classes = torch.tensor([2, 0], device=device)
+    targets = (torch.rand(2, 4, 4, device=device) > 0.5).float()
     expected = torch.stack([F.binary_cross_entropy_with_logits(logits[i, c], targets[i], reduction="sum")
                             for i, c in enumerate(classes)]).sum() / targets.numel()
     assert torch.allclose(mask_rcnn_loss(logits, classes, targets), expected)
     probs = mask_rcnn_inference(logits, classes)
     assert probs.shape == (2, 1, 4, 4) and torch.allclose(probs[1, 0], logits[1, 0].sigmoid())
     assert mask_rcnn_loss(logits[:0], classes[:0], targets[:0]).item() == 0.0
-    agnostic = torch.randn(2, 1, 4, 4)
+    agnostic = torch.randn(2, 1, 4, 4, device=device)
     assert torch.allclose(mask_rcnn_loss(agnostic, classes, targets),
                           F.binary_cross_entropy_with_logits(agnostic[:, 0], targets))
 
 
-def test_ifr_head_solver_is_chosen_by_config():
+def test_ifr_head_solver_is_chosen_by_config(device):
     cfg = _cfg()
     cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.F_SOLVER", "broyden_cvpods", "MODEL.ROI_MASK_HEAD.F_TOL", "1e-4"])
-    head = MASK_HEADS["ifr"](cfg, 16).eval()
+    head = MASK_HEADS["ifr"](cfg, 16).to(device).eval()
     assert head.refinement.solver.name == "broyden_cvpods" and head.refinement.solver.tol == 1e-4
     with torch.no_grad():
-        assert torch.isfinite(head(torch.randn(3, 16, 14, 14))).all()
+        assert torch.isfinite(head(torch.randn(3, 16, 14, 14, device=device))).all()
     assert head.refinement.last_stats.iterations > 0
     cfg.merge_from_list(["MODEL.ROI_MASK_HEAD.B_SOLVER", "newton"])
     with pytest.raises(ConfigError, match="MODEL.ROI_MASK_HEAD.B_SOLVER: unknown fixed-point solver 'newton'.*broyden_cvpods"):

@@ -40,12 +40,12 @@ def test_perfect_masks_score_100_and_eroded_masks_score_less(val_subset):
     assert aps[0] > aps[1] > aps[2]
 
 
-def test_oracle_evaluation_predicts_masks_on_the_ground_truth_boxes(tmp_path, val_subset):
+def test_oracle_evaluation_predicts_masks_on_the_ground_truth_boxes(tmp_path, val_subset, device):
     config, build_model = load_experiment(EXPERIMENTS["ifr"])
     config.merge(small_model_overrides(max_iter=10))
-    config.merge_from_list([*TINY, "TEST.ORACLE_BOXES", "True", "OUTPUT_DIR", str(tmp_path)])
+    config.merge_from_list([*TINY, "TEST.ORACLE_BOXES", "True", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", device.type])
     torch.manual_seed(0)
-    results = evaluate(config, build_model(config).eval(), show_progress=False)
+    results = evaluate(config, build_model(config).to(device).eval(), show_progress=False)
     assert results["bbox"]["AP"] == pytest.approx(100.0, abs=0.05)  # the boxes are the ground truth
     assert 0.0 <= results["segm"]["AP"] < 100.0  # an untrained mask head
     assert (tmp_path / "inference_oracle_boxes" / "coco_instances_results.json").is_file()

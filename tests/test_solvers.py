@@ -15,18 +15,18 @@ def _linear_coefficients(batch: int, dim: int, spectral_radius):
     return a, torch.randn(batch, dim, dtype=torch.float64)
 
 
-def _linear_problem(batch: int, dim: int, spectral_radius: float, dtype=torch.float64):
+def _linear_problem(batch: int, dim: int, spectral_radius: float, dtype=torch.float64, device="cpu"):
     """Per-sample z = A z + b with A's spectral radius set, and its float64 reference solution."""
     a, b = _linear_coefficients(batch, dim, spectral_radius)
-    reference = torch.linalg.solve(torch.eye(dim, dtype=torch.float64) - a, b)
-    a, b = a.to(dtype), b.to(dtype)
+    reference = torch.linalg.solve(torch.eye(dim, dtype=torch.float64) - a, b).to(device)
+    a, b = a.to(device, dtype), b.to(device, dtype)
     return (lambda z: torch.einsum("bij,bj->bi", a, z) + b), reference
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_solvers_reach_tolerance_on_contractive_linear_map(name):
-    f, reference = _linear_problem(batch=4, dim=12, spectral_radius=0.6)
-    z, stats = get_solver(name)(f, torch.zeros(4, 12, dtype=torch.float64), max_iter=200, tol=1e-10,
+def test_solvers_reach_tolerance_on_contractive_linear_map(name, device):
+    f, reference = _linear_problem(batch=4, dim=12, spectral_radius=0.6, device=device)
+    z, stats = get_solver(name)(f, torch.zeros(4, 12, dtype=torch.float64, device=device), max_iter=200, tol=1e-10,
                                 stop_mode="abs")
     assert stats.converged.all()
     assert (stats.abs_residual < 1e-10).all()
@@ -36,16 +36,16 @@ def test_solvers_reach_tolerance_on_contractive_linear_map(name):
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_solvers_agree_with_float64_reference_on_nonlinear_contraction(name):
+def test_solvers_agree_with_float64_reference_on_nonlinear_contraction(name, device):
     torch.manual_seed(1)
-    w = torch.randn(16, 16) * 0.15
-    c = torch.randn(3, 16)
+    w = (torch.randn(16, 16) * 0.15).to(device)
+    c = torch.randn(3, 16).to(device)
     f32 = lambda z: torch.tanh(z @ w.T + c)
     f64 = lambda z: torch.tanh(z @ w.double().T + c.double())
-    reference, ref_stats = fixed_point_solve(f64, torch.zeros(3, 16, dtype=torch.float64),
+    reference, ref_stats = fixed_point_solve(f64, torch.zeros(3, 16, dtype=torch.float64, device=device),
                                              max_iter=500, tol=1e-14, stop_mode="abs")
     assert ref_stats.converged.all()
-    z, stats = get_solver(name)(f32, torch.zeros(3, 16), max_iter=100, tol=1e-5, stop_mode="rel")
+    z, stats = get_solver(name)(f32, torch.zeros(3, 16, device=device), max_iter=100, tol=1e-5, stop_mode="rel")
     assert stats.converged.all() and (stats.rel_residual < 1e-5).all()
     assert torch.allclose(z.double(), reference, atol=1e-4, rtol=0)
 
@@ -71,12 +71,12 @@ def test_broyden_first_step_is_a_plain_fixed_point_step():
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_samples_converge_independently(name):
-    f, _ = _linear_problem(batch=3, dim=8, spectral_radius=0.5)
-    z0 = torch.zeros(3, 8, dtype=torch.float64)
+def test_samples_converge_independently(name, device):
+    f, _ = _linear_problem(batch=3, dim=8, spectral_radius=0.5, device=device)
+    z0 = torch.zeros(3, 8, dtype=torch.float64, device=device)
     z_batch, stats = get_solver(name)(f, z0, max_iter=100, tol=1e-8, stop_mode="abs")
     for i in range(3):
-        single = lambda z, i=i: f(torch.zeros(3, 8, dtype=torch.float64).index_copy(0, torch.tensor([i]), z))[i:i + 1]
+        single = lambda z, i=i: f(torch.zeros_like(z0).index_copy(0, torch.tensor([i], device=device), z))[i:i + 1]
         z_alone, _ = get_solver(name)(single, z0[i:i + 1], max_iter=100, tol=1e-8, stop_mode="abs")
         assert torch.allclose(z_batch[i], z_alone[0], atol=1e-12, rtol=0)
     # A sample that converged stops moving: its trace is flat from then on.
@@ -99,13 +99,13 @@ def _exploding_second_sample():
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_protective_break_on_divergence(name):
-    z, stats = get_solver(name)(_exploding_second_sample(), torch.zeros(2, 4, dtype=torch.float64),
+def test_protective_break_on_divergence(name, device):
+    z, stats = get_solver(name)(_exploding_second_sample(), torch.zeros(2, 4, dtype=torch.float64, device=device),
                                 max_iter=60, tol=1e-10, stop_mode="abs")
     assert torch.isfinite(z).all()
     assert stats.diverged.tolist() == [False, True]
     assert stats.converged.tolist() == [True, False]
-    assert torch.allclose(z[0], torch.full((4,), 2.0, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(z[0], torch.full((4,), 2.0, dtype=torch.float64, device=device), atol=1e-9)
     # The diverged sample keeps its lowest-residual iterate: the initial guess.
     assert (z[1] == 0).all()
     assert stats.summary()["diverged"] == 1.0
@@ -125,18 +125,18 @@ def test_runaway_iterates_are_caught_in_relative_stop_mode_too(name):
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_non_finite_map_is_stopped_and_reported(name):
+def test_non_finite_map_is_stopped_and_reported(name, device):
     f = lambda z: z + 1.0 + torch.sqrt(-z)  # NaN as soon as z > 0
-    z, stats = get_solver(name)(f, torch.zeros(2, 3), max_iter=10, tol=1e-6)
+    z, stats = get_solver(name)(f, torch.zeros(2, 3, device=device), max_iter=10, tol=1e-6)
     assert torch.isfinite(z).all() and (z == 0).all()
     assert stats.diverged.all() and stats.iterations == 1
 
 
-def test_empty_batch_and_zero_residual():
+def test_empty_batch_and_zero_residual(device):
     for name in SOLVER_NAMES:
-        z, stats = get_solver(name)(lambda z: 2 * z, torch.zeros(0, 5), max_iter=5, tol=1e-6)
+        z, stats = get_solver(name)(lambda z: 2 * z, torch.zeros(0, 5, device=device), max_iter=5, tol=1e-6)
         assert z.shape == (0, 5) and stats.iterations == 0
-        z, stats = get_solver(name)(lambda z: 2 * z, torch.zeros(2, 5), max_iter=5, tol=1e-6,
+        z, stats = get_solver(name)(lambda z: 2 * z, torch.zeros(2, 5, device=device), max_iter=5, tol=1e-6,
                                     stop_mode="abs")
         assert stats.iterations == 0 and stats.converged.all()
 
@@ -172,12 +172,12 @@ class _CountingMap:
 
 
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_converged_samples_are_not_evaluated_again_and_results_do_not_change(name):
+def test_converged_samples_are_not_evaluated_again_and_results_do_not_change(name, device):
     torch.manual_seed(3)
-    a, b = _linear_coefficients(3, 10, [0.1, 0.3, 0.6])  # the first sample converges first
+    a, b = (t.to(device) for t in _linear_coefficients(3, 10, [0.1, 0.3, 0.6]))  # the first sample converges first
     restrictable = _CountingMap(a, b)
     plain = lambda z: torch.einsum("bij,bj->bi", a, z) + b  # noqa: E731  (the same map, full batch only)
-    z0 = torch.zeros(3, 10, dtype=torch.float64)
+    z0 = torch.zeros(3, 10, dtype=torch.float64, device=device)
     z_fast, fast = get_solver(name)(restrictable, z0, max_iter=300, tol=1e-10, stop_mode="abs")
     z_full, full = get_solver(name)(plain, z0, max_iter=300, tol=1e-10, stop_mode="abs")
     assert torch.allclose(z_fast, z_full, atol=1e-12, rtol=0) and fast.iterations == full.iterations

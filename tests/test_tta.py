@@ -21,14 +21,14 @@ from helpers import TINY
 FOLDER_OF_MODEL = {"ifr": "ifr", "weight_sharing": "weight_sharing", "cascade": "cascade"}
 
 
-def _model(kind: str, *overrides):
+def _model(kind: str, *overrides, device="cpu"):
     """A seeded, untrained small model of an experiment folder that keeps every detection."""
     config, build_model = load_experiment(EXPERIMENTS[FOLDER_OF_MODEL[kind]])
     config.merge(small_model_overrides(max_iter=10))
     config.merge_from_list([*TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "30",
                             *overrides])
     torch.manual_seed(0)
-    return config, build_model(config).eval()
+    return config, build_model(config).to(device).eval()
 
 
 def _record(index=0):
@@ -47,9 +47,9 @@ def test_box_coordinates_round_trip_through_a_flipped_resized_view():
     assert torch.allclose(original_to_view(view, (40, 50), (80, 100), flipped=True), boxes)
 
 
-def test_tta_with_the_test_scale_and_no_flip_equals_plain_inference(val_subset):
+def test_tta_with_the_test_scale_and_no_flip_equals_plain_inference(val_subset, device):
     config, model = _model("ifr", "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64,)",
-                           "TEST.AUG.MAX_SIZE", "128", "TEST.AUG.FLIP", "False")
+                           "TEST.AUG.MAX_SIZE", "128", "TEST.AUG.FLIP", "False", device=device)
     record = _record()
     plain = model([DatasetMapper(config.INPUT.AUG.TEST_PIPELINES, config.INPUT.FORMAT, is_train=False)(record)])
     tta = build_tta_model(config, model)

@@ -24,19 +24,22 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def instances_to_coco_json(instances: dict, image_id: int) -> list[dict]:
-    """One image's detections (contiguous class ids) -> COCO result dicts (XYWH boxes, RLE masks)."""
+    """One image's detections (contiguous class ids) -> COCO result dicts (XYWH boxes, RLE masks).
+
+    Each field comes to the host in one copy and is converted in bulk, and the (D, H, W) masks are
+    RLE-encoded in one pycocotools call: no per-detection device sync."""
     boxes = instances["boxes"].cpu().clone()
     boxes[:, 2:] -= boxes[:, :2]
-    results = []
+    classes = instances["classes"].cpu().to(torch.int64)
+    results = [{"image_id": image_id, "category_id": category, "bbox": box, "score": score}
+               for box, category, score in zip(boxes.tolist(), classes.tolist(), instances["scores"].cpu().tolist())]
     masks = instances.get("masks")
-    for k in range(len(boxes)):
-        result = {"image_id": image_id, "category_id": int(instances["classes"][k]), "bbox": boxes[k].tolist(),
-                  "score": float(instances["scores"][k])}
-        if masks is not None:
-            rle = mask_util.encode(np.asfortranarray(masks[k].cpu().numpy().astype(np.uint8)))
+    if masks is not None and results:
+        # pycocotools encodes an (H, W, D) Fortran-ordered uint8 array mask by mask
+        rles = mask_util.encode(np.asfortranarray(masks.cpu().numpy().transpose(1, 2, 0), dtype=np.uint8))
+        for result, rle in zip(results, rles):
             rle["counts"] = rle["counts"].decode("utf-8")
             result["segmentation"] = rle
-        results.append(result)
     return results
 
 
