@@ -101,6 +101,13 @@ def test_the_report_names_the_paper_fraction_and_the_measured_one(capsys):
     assert f"feature layers hold {block:,} parameters, {block / stack:.1%} of the 4-conv stack's {stack:,}" in out
 
 
+def test_steps_can_be_given(capsys):
+    analyze_model.main(["--experiment", os.path.join(ROOT, FOLDERS["ifr"]), "--rois", "2", "--steps", "7.5", *SMALL,
+                        *SMALL_TEST_SIZE])
+    out = capsys.readouterr().out
+    assert "steps: given with --steps" in out and "| implicit solve at 7.50 steps / RoI" in out
+
+
 def test_rois_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_info:
         analyze_model.main(["--experiment", os.path.join(ROOT, FOLDERS["ifr"]), "--rois", "0", *SMALL])

@@ -11,7 +11,8 @@ RPN.POST_NMS_TOPK_TEST proposals and the mask head on ``--rois`` detections. A r
 block evaluation per step: the tables give one evaluation, the unrolled form (NUM_CONV evaluations) and
 the implicit solve at the mean number of steps it takes per RoI, measured on the RoIs the model detects
 in ``--input`` images (with trained MODEL.WEIGHTS), else on ``--rois`` random RoI features at
-initialisation. Weights are only read with ``--input``: the counts do not depend on them.
+initialisation, or given with ``--steps``. Weights are only read with ``--input``: the counts do not
+depend on them.
 """
 from __future__ import annotations
 
@@ -282,6 +283,9 @@ def analyze(cfg, model: nn.Module, rois: int, image_size: tuple[int, int], steps
 def run(args) -> None:
     if args.rois < 1:
         raise UserError(f"--rois must be at least 1, got {args.rois}")
+    if args.steps is not None and (args.steps < 0 or args.input):
+        raise UserError("--steps is a mean number of solver steps per RoI (>= 0), and --input measures it: "
+                        "pass one or the other")
     if args.input:
         images = expand_inputs(args.input)
         cfg, model = load_trained_model(args)
@@ -294,7 +298,8 @@ def run(args) -> None:
         cfg, build_model = load_tool_config(args)
         resolve_device(cfg)
         model = build_model(cfg).to(cfg.MODEL.DEVICE).eval()
-        steps, source = None, f"steps: mean over {args.rois} random N(0, 1) RoI features, block at initialisation"
+        steps, source = (args.steps, "steps: given with --steps") if args.steps is not None else (
+            None, f"steps: mean over {args.rois} random N(0, 1) RoI features, block at initialisation")
     image_size = padded_test_size(cfg, *args.image_size, model.size_divisibility)
     print(analyze(cfg, model, args.rois, image_size, steps, source))
 
@@ -309,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", nargs="+", default=[],
                         help="images (files, folders, globs) on which to measure the IFR solve's steps; needs the "
                              "trained MODEL.WEIGHTS")
+    parser.add_argument("--steps", type=float, default=None,
+                        help="cost the implicit solve at this mean number of steps per RoI (e.g. measured on a "
+                             "trained model elsewhere) instead of measuring it")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.input:
