@@ -1,6 +1,7 @@
 """pods_analyze: parameter counts are the modules' sums, FLOPs match the analytic count of a 3x3 conv, the
 IFR solve's FLOPs grow linearly with its steps, and the folder scripts print the tables."""
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -145,6 +146,16 @@ def test_the_folder_script_prints_the_tables_from_a_plain_shell(tmp_path):
     help_text = subprocess.run(["sh", script, "--help"], cwd=tmp_path, env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
                                capture_output=True, text=True, timeout=600)
     assert help_text.returncode == 0 and "usage: pods_analyze" in help_text.stdout
+
+
+def test_without_an_install_the_script_says_in_one_line_what_to_run(tmp_path):
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "scripts"), checkout / "scripts")
+    shutil.copytree(os.path.join(ROOT, FOLDERS["cascade"]), checkout / "experiment")
+    done = subprocess.run(["sh", str(checkout / "experiment" / "pods_analyze.sh"), "--help"], cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "pods_analyze is not installed" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_every_folder_has_the_analyze_script_and_the_console_script_is_declared():
