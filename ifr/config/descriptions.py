@@ -61,7 +61,7 @@ READ_BY = {
 }
 
 DESCRIPTIONS = {
-    "MODEL.DEVICE": "`cuda` or `cpu`; without a GPU a `cuda` run says so once and uses the CPU",
+    "MODEL.DEVICE": "`cuda`, `cuda:N` or `cpu`; without a GPU a `cuda` run says so once and uses the CPU",
     "MODEL.WEIGHTS": "initial weights: a local `.pth` / `.pkl` in any naming of [weights](weights.md), or "
                      "`detectron2://X` looked up in `$IFR_CACHE`; empty: random init",
     "MODEL.AS_PRETRAIN": "cvpods' self-supervised pre-training mode",
@@ -73,7 +73,7 @@ DESCRIPTIONS = {
     "MODEL.NMS_TYPE": "NMS variant of the heads",
     "MODEL.BACKBONE.FREEZE_AT": "stages frozen from the bottom: 0 none, 1 the stem, 2 stem and res2",
     "MODEL.RESNETS.DEPTH": "ResNet depth (18, 34, 50, 101, 152); the folders set 50",
-    "MODEL.RESNETS.OUT_FEATURES": "trunk stages returned; must cover FPN.IN_FEATURES",
+    "MODEL.RESNETS.OUT_FEATURES": "trunk stages returned; must cover MODEL.FPN.IN_FEATURES",
     "MODEL.RESNETS.NUM_GROUPS": "groups of the 3x3 convs (ResNeXt: 32)",
     "MODEL.RESNETS.NORM": "trunk normalisation: FrozenBN, BN, GN",
     "MODEL.RESNETS.ZERO_INIT_RESIDUAL": "last norm of each residual branch initialised to zero",
@@ -194,7 +194,7 @@ DESCRIPTIONS = {
     "SOLVER.IMS_PER_BATCH": "images per optimizer step over all processes (the recipe's batch)",
     "SOLVER.IMS_PER_DEVICE": "images per process and step",
     "SOLVER.BATCH_SUBDIVISIONS": "forward/backward passes each process's images are split into (gradient accumulation)",
-    "TEST.EVAL_PERIOD": "iterations between evaluations during training (0: at the end only)",
+    "TEST.EVAL_PERIOD": "iterations between evaluations during training (0: at the end only; rescaled with the number of processes)",
     "TEST.DETECTIONS_PER_IMAGE": "detections kept per image",
     "TEST.AUG.ENABLED": "evaluate with test-time augmentation",
     "TEST.AUG.MIN_SIZES": "short edges of the augmented views",
