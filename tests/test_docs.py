@@ -89,10 +89,13 @@ def help_text(target, kind):
             with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
                 if kind == "module":  # every tool has main(argv)
                     importlib.import_module(target).main(["--help"])
-                else:
+                else:  # as `python script.py` does, the script's folder first on the path (sibling imports)
+                    sys.path.insert(0, os.path.dirname(target))
                     runpy.run_path(target, run_name="__main__")
         finally:
             sys.argv = argv
+            if kind == "file" and sys.path[0] == os.path.dirname(target):
+                sys.path.pop(0)
         assert exit_info.value.code in (0, None), f"{target} --help failed"
         _HELP[target, kind] = out.getvalue()
     return _HELP[target, kind]
@@ -130,35 +133,55 @@ def check_arguments(tokens, help_output, where):
             raise AssertionError(f"{where}: {e}") from None
 
 
+def check_command(tokens, cwd, where):
+    """Checks one command of the docs; returns the folder the next command runs in."""
+    program, args = tokens[0], tokens[1:]
+    if program == "cd":
+        cwd = os.path.normpath(os.path.join(cwd, args[0]))
+        assert os.path.isdir(cwd), f"{where}: no folder {args[0]}"
+    elif program == "." or program in OTHER_PROGRAMS:
+        pass
+    elif program in ("sh", "bash"):
+        # A folder script shown without `cd` runs in an experiment folder: every folder has it.
+        homes = [cwd] if os.path.isfile(os.path.join(cwd, args[0])) else list(EXPERIMENTS.values())
+        assert all(os.path.isfile(os.path.join(home, args[0])) for home in homes), f"{where}: no script {args[0]}"
+        tool = os.path.basename(args[0])[:-3]
+        if tool in CONSOLE_SCRIPTS:
+            check_arguments(args[1:], help_text(CONSOLE_SCRIPTS[tool], "module"), where)
+    elif program in ("python", "python3"):
+        if args[0] == "-m":
+            check_arguments(args[2:], help_text(args[1], "module"), where)
+        else:
+            script = os.path.join(cwd, args[0])
+            assert os.path.isfile(script), f"{where}: no file {args[0]}"
+            check_arguments(args[1:], help_text(script, "file"), where)
+    else:
+        raise AssertionError(f"{where}: a command the docs test does not know; add it to OTHER_PROGRAMS "
+                             f"if it is another program's")
+    return cwd
+
+
 @pytest.mark.parametrize("path, code, skip", _blocks({"bash", "sh"}))
 def test_shell_blocks_name_tools_flags_files_and_keys_that_exist(path, code, skip):
     cwd = ROOT
     for tokens in shell_commands(code):
-        where = f"{_rel(path)}: {' '.join(tokens)}"
-        program, args = tokens[0], tokens[1:]
-        if program == "cd":
-            cwd = os.path.normpath(os.path.join(cwd, args[0]))
-            assert os.path.isdir(cwd), f"{where}: no folder {args[0]}"
-        elif program == "." or program in OTHER_PROGRAMS:
-            continue
-        elif program in ("sh", "bash"):
-            # A folder script shown without `cd` runs in an experiment folder: every folder has it.
-            homes = [cwd] if os.path.isfile(os.path.join(cwd, args[0])) else list(EXPERIMENTS.values())
-            script = os.path.join(homes[0], args[0])
-            assert all(os.path.isfile(os.path.join(home, args[0])) for home in homes), f"{where}: no script {args[0]}"
-            tool = os.path.basename(script)[:-3]
-            if tool in CONSOLE_SCRIPTS:
-                check_arguments(args[1:], help_text(CONSOLE_SCRIPTS[tool], "module"), where)
-        elif program in ("python", "python3"):
-            if args[0] == "-m":
-                check_arguments(args[2:], help_text(args[1], "module"), where)
-            else:
-                script = os.path.join(cwd, args[0])
-                assert os.path.isfile(script), f"{where}: no file {args[0]}"
-                check_arguments(args[1:], help_text(script, "file"), where)
-        else:
-            raise AssertionError(f"{where}: a command the docs test does not know; add it to OTHER_PROGRAMS "
-                                 f"if it is another program's")
+        cwd = check_command(tokens, cwd, f"{_rel(path)}: {' '.join(tokens)}")
+
+
+# An inline `command` of the text: optional VAR=value assignments and venv activation, then python / sh / bash.
+INLINE_COMMAND = re.compile(r"(?:[A-Z_]+=\S+ )*(?:\. \.venv/bin/activate && )?(?:python|sh|bash) \S+.*")
+
+
+@pytest.mark.parametrize("path", PAGES, ids=_rel)
+def test_inline_commands_name_tools_flags_files_and_keys_that_exist(path):
+    """Commands written inline in the text (on one line) are checked like those of the code blocks; a
+    folder script runs in an experiment folder, anything else from the checkout's root."""
+    for line in open(path, encoding="utf-8"):
+        for span in re.findall(r"`([^`]+)`", line):
+            if INLINE_COMMAND.fullmatch(span):
+                cwd = ROOT
+                for tokens in shell_commands(span):
+                    cwd = check_command(tokens, cwd, f"{_rel(path)}: `{span}`")
 
 
 def _slug(heading):
