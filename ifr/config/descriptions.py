@@ -137,7 +137,8 @@ DESCRIPTIONS = {
     "MODEL.ROI_MASK_HEAD.NORM": "norm of the 4-conv head's convs: \"\" or GN",
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "one mask for all classes",
     "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "ROIAlignV2 (aligned) or ROIAlign",
-    "MODEL.ROI_MASK_HEAD.CHANNELS_LAST": "not in cvpods: compute every mask head in channels_last (same results, faster)",
+    "MODEL.ROI_MASK_HEAD.CHANNELS_LAST": "not in cvpods: compute every mask head in channels_last "
+                                         "(same results, faster)",
     "MODEL.ROI_MASK_HEAD.GN_GROUPS": "GroupNorm groups of the refinement block",
     "MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS": "IFR: training iterations in the unrolled form before the implicit one",
     "MODEL.ROI_MASK_HEAD.F_SOLVER": "IFR forward solver: broyden, anderson, fixed_point, broyden_cvpods (the "
@@ -147,7 +148,8 @@ DESCRIPTIONS = {
     "MODEL.ROI_MASK_HEAD.B_SOLVER": "solver of the implicit backward's adjoint system",
     "MODEL.ROI_MASK_HEAD.B_THRES": "its step limit",
     "MODEL.ROI_MASK_HEAD.B_TOL": "its tolerance",
-    "MODEL.ROI_MASK_HEAD.STOP_MODE": "residual tested against the tolerances: abs `‖f(z)-z‖` or rel (divided by `‖f(z)‖`)",
+    "MODEL.ROI_MASK_HEAD.STOP_MODE": "residual tested against the tolerances: abs `‖f(z)-z‖` or rel "
+                                     "(divided by `‖f(z)‖`)",
     "MODEL.ROI_MASK_HEAD.BROYDEN_MEMORY": "rank-one pairs Broyden keeps before restarting",
     "MODEL.ROI_MASK_HEAD.ANDERSON_MEMORY": "Anderson's history length",
     "MODEL.ROI_MASK_HEAD.ANDERSON_DAMPING": "Anderson's mixing damping",
@@ -169,7 +171,8 @@ DESCRIPTIONS = {
     "DATALOADER.NUM_WORKERS": "loader processes per training process",
     "DATALOADER.ASPECT_RATIO_GROUPING": "batch landscape and portrait images separately",
     "DATALOADER.FILTER_EMPTY_ANNOTATIONS": "drop training images without annotations",
-    "DATALOADER.SKIP_CORRUPT_IMAGES": "not in cvpods: train past missing or undecodable images (counted) instead of stopping",
+    "DATALOADER.SKIP_CORRUPT_IMAGES": "not in cvpods: train past missing or undecodable images (counted) "
+                                      "instead of stopping",
     "SOLVER.LR_SCHEDULER.NAME": "WarmupMultiStepLR or WarmupCosineLR",
     "SOLVER.LR_SCHEDULER.MAX_ITER": "training iterations (rescaled with the number of processes)",
     "SOLVER.LR_SCHEDULER.STEPS": "iterations where the LR is multiplied by GAMMA (multi-step)",
@@ -194,7 +197,8 @@ DESCRIPTIONS = {
     "SOLVER.IMS_PER_BATCH": "images per optimizer step over all processes (the recipe's batch)",
     "SOLVER.IMS_PER_DEVICE": "images per process and step",
     "SOLVER.BATCH_SUBDIVISIONS": "forward/backward passes each process's images are split into (gradient accumulation)",
-    "TEST.EVAL_PERIOD": "iterations between evaluations during training (0: at the end only; rescaled with the number of processes)",
+    "TEST.EVAL_PERIOD": "iterations between evaluations during training (0: at the end only; rescaled with "
+                        "the number of processes)",
     "TEST.DETECTIONS_PER_IMAGE": "detections kept per image",
     "TEST.AUG.ENABLED": "evaluate with test-time augmentation",
     "TEST.AUG.MIN_SIZES": "short edges of the augmented views",

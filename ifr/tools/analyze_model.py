@@ -293,7 +293,8 @@ def run(args) -> None:
         if not isinstance(head, RefinementMaskHead) or head.refinement.mode == "unrolled":
             raise UserError("--input measures the IFR solve's steps; this folder's mask head does not solve")
         steps, rois = mean_solver_steps_on_images(cfg, model, images)
-        source = f"steps: mean over the {rois} RoIs detected in {len(images)} image(s), MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}"
+        source = (f"steps: mean over the {rois} RoIs detected in {len(images)} image(s), "
+                  f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}")
     else:
         cfg, build_model = load_tool_config(args)
         resolve_device(cfg)
