@@ -139,27 +139,30 @@ DESCRIPTIONS = {
     "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "ROIAlignV2 (aligned) or ROIAlign",
     "MODEL.ROI_MASK_HEAD.CHANNELS_LAST": "not in cvpods: compute every mask head in channels_last "
                                          "(same results, faster)",
-    "MODEL.ROI_MASK_HEAD.GN_GROUPS": "GroupNorm groups of the refinement block",
+    "MODEL.ROI_MASK_HEAD.GN_GROUPS": "GroupNorm groups of the refinement block (weight_sharing and ifr heads)",
     "MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS": "IFR: training iterations in the unrolled form before the implicit one",
     "MODEL.ROI_MASK_HEAD.F_SOLVER": "IFR forward solver: broyden, anderson, fixed_point, broyden_cvpods (the "
                                     "original's, for the released weights)",
     "MODEL.ROI_MASK_HEAD.F_THRES": "IFR forward solver's step limit",
     "MODEL.ROI_MASK_HEAD.F_TOL": "IFR forward tolerance (chosen by measurement, [results](results.md))",
-    "MODEL.ROI_MASK_HEAD.B_SOLVER": "solver of the implicit backward's adjoint system",
+    "MODEL.ROI_MASK_HEAD.B_SOLVER": "IFR with BACKWARD implicit: solver of the adjoint system",
     "MODEL.ROI_MASK_HEAD.B_THRES": "its step limit",
     "MODEL.ROI_MASK_HEAD.B_TOL": "its tolerance",
-    "MODEL.ROI_MASK_HEAD.STOP_MODE": "residual tested against the tolerances: abs `‖f(z)-z‖` or rel "
+    "MODEL.ROI_MASK_HEAD.STOP_MODE": "IFR: residual tested against the tolerances: abs `‖f(z)-z‖` or rel "
                                      "(divided by `‖f(z)‖`)",
-    "MODEL.ROI_MASK_HEAD.BROYDEN_MEMORY": "rank-one pairs Broyden keeps before restarting",
-    "MODEL.ROI_MASK_HEAD.ANDERSON_MEMORY": "Anderson's history length",
-    "MODEL.ROI_MASK_HEAD.ANDERSON_DAMPING": "Anderson's mixing damping",
-    "MODEL.ROI_MASK_HEAD.ANDERSON_REGULARIZATION": "regularisation of Anderson's Gram matrix",
-    "MODEL.ROI_MASK_HEAD.DIVERGENCE_RATIO": "protective break: a sample whose residual grows past this times "
-                                            "its initial one stops",
+    "MODEL.ROI_MASK_HEAD.BROYDEN_MEMORY": "solver broyden: rank-one pairs kept before restarting",
+    "MODEL.ROI_MASK_HEAD.ANDERSON_MEMORY": "solver anderson: history length",
+    "MODEL.ROI_MASK_HEAD.ANDERSON_DAMPING": "solver anderson: mixing damping",
+    "MODEL.ROI_MASK_HEAD.ANDERSON_REGULARIZATION": "solver anderson: regularisation of the Gram matrix",
+    "MODEL.ROI_MASK_HEAD.DIVERGENCE_RATIO": "every solver's protective break: a sample whose residual grows "
+                                            "past this times its initial one stops",
     "MODEL.ROI_MASK_HEAD.BACKWARD": "IFR gradient: implicit (adjoint solve) or phantom (damped unrolled steps)",
-    "MODEL.ROI_MASK_HEAD.PHANTOM_STEPS": "steps of the phantom gradient",
-    "MODEL.ROI_MASK_HEAD.PHANTOM_DAMPING": "damping of the phantom gradient",
-    "MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT": "weight of the Jacobian regularisation `loss_jacobian` (0: off)",
+    "MODEL.ROI_MASK_HEAD.PHANTOM_STEPS": "BACKWARD phantom: damped steps from z* differentiated by autograd",
+    "MODEL.ROI_MASK_HEAD.PHANTOM_DAMPING": "BACKWARD phantom: their damping",
+    "MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT": "IFR with BACKWARD implicit: weight of the Jacobian regularisation "
+                                           "`loss_jacobian` (Bai et al. 2021), a Hutchinson estimate of the "
+                                           "Jacobian's squared Frobenius norm / numel at z*; 0: off (what it costs: "
+                                           "[results](results.md#the-refinement-ablation-on-the-built-in-data))",
     "MODEL.ROI_MASK_HEAD.JACOBIAN_FREQUENCY": "fraction of the implicit iterations that are regularised",
     "MODEL.ROI_MASK_HEAD.JACOBIAN_PROBES": "Hutchinson probes of the Jacobian estimate",
     "INPUT.FORMAT": "channel order of the model's input: BGR (MSRA / cvpods weights) or RGB (torchvision)",
