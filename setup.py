@@ -27,6 +27,7 @@ setup(
             "pods_train=ifr.tools.train_net:main",
             "pods_test=ifr.tools.test_net:main",
             "pods_demo=ifr.tools.demo:main",
+            "pods_analyze=ifr.tools.analyze_model:main",
         ],
     },
     # "bench": optional comparison rows in benchmarks/deq_bench.py (torchdeq's solvers on the same block).

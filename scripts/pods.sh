@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs a console script of the project (pods_train, pods_test, pods_demo) for an experiment folder's
+# Runs a console script of the project (pods_train, pods_test, pods_demo, pods_analyze) for an experiment folder's
 # pods_*.sh, from any shell: the one on PATH, else the checkout's virtual environment (.venv, or
 # $IFR_VENV), else one line saying how to install it (exit status 2).
 #   sh scripts/pods.sh TOOL [ARGUMENT ...]

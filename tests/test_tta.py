@@ -10,7 +10,7 @@ from ifr.data import get_dataset_dicts
 from ifr.data.mapper import DatasetMapper, TTADatasetMapper
 from ifr.engine.defaults import check_expected_results
 from ifr.evaluation import ResultsMismatch, expected, verify_results
-from ifr.modeling.test_time_augmentation import build_tta_model, original_to_view, view_to_original
+from ifr.modeling.tta import build_tta_model, original_to_view, view_to_original
 from ifr.paths import EXPERIMENTS
 from ifr.presets import small_model_overrides
 from ifr.tools import quickstart

@@ -177,7 +177,7 @@ _RCNN_FPN_DEFAULTS = dict(
         EVAL_PERIOD=0,
         DETECTIONS_PER_IMAGE=100,
         # Test-time augmentation (cvpods' keys and defaults): every short edge of MIN_SIZES (long edge
-        # at most MAX_SIZE), each also flipped with FLIP; see ifr.modeling.test_time_augmentation.
+        # at most MAX_SIZE), each also flipped with FLIP; see ifr.modeling.tta.
         AUG=dict(ENABLED=False, MIN_SIZES=(400, 500, 600, 700, 800, 900, 1000, 1100, 1200), MAX_SIZE=4000, FLIP=True),
         # [task, metric, value, tolerance] (cvpods / detectron2), optionally a 5th entry naming the
         # dataset it holds for: checked after evaluating one model; a mismatch fails the command.

@@ -20,7 +20,7 @@ from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
 from ifr.modeling.oracle import GroundTruthBoxesMaskPredictor
-from ifr.modeling.test_time_augmentation import build_tta_model
+from ifr.modeling.tta import build_tta_model
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ifr.utils import comm
 

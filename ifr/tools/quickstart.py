@@ -3,7 +3,7 @@ then evaluate it and print the COCO tables.
 
     python -m ifr.tools.quickstart [--max-iter N] [--resume] [--eval-only] [KEY VALUE ...]
 
-``--max-iter 0`` evaluates the untrained model (the baseline quoted in the README); ``--eval-only``
+``--max-iter 0`` evaluates the untrained model (the baseline quoted in docs/results.md); ``--eval-only``
 evaluates the model a previous run trained.
 
 It is the IFR experiment folder's config with ``small_model_overrides()`` on top (ResNet-18 with

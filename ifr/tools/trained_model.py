@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from typing import Callable
 
 from torch import nn
 
@@ -44,8 +45,9 @@ def parse_tool_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
     return args
 
 
-def load_trained_model(args) -> tuple[object, nn.Module]:
-    """(config, model in eval mode with MODEL.WEIGHTS loaded) from the parsed arguments."""
+def load_tool_config(args) -> tuple[object, Callable[[object], nn.Module]]:
+    """(config with the overrides applied and checked, the folder's build_model) from the parsed
+    arguments; with ``--quickstart`` the small model, MODEL.WEIGHTS its trained model_final.pth."""
     folder = args.experiment or (IFR_EXPERIMENT if args.quickstart else os.getcwd())
     config, build_model = load_experiment(folder)
     if args.quickstart:
@@ -54,6 +56,12 @@ def load_trained_model(args) -> tuple[object, nn.Module]:
     config.merge_from_list(args.opts)
     check_supported(config)
     setup_logger(None)
+    return config, build_model
+
+
+def load_trained_model(args) -> tuple[object, nn.Module]:
+    """(config, model in eval mode with MODEL.WEIGHTS loaded) from the parsed arguments."""
+    config, build_model = load_tool_config(args)
     if not config.MODEL.WEIGHTS:
         raise UserError("pass the weights of the model to inspect: MODEL.WEIGHTS /path/to/model_final.pth")
     resolve_device(config)
