@@ -137,8 +137,10 @@ DESCRIPTIONS = {
     "MODEL.ROI_MASK_HEAD.NORM": "norm of the 4-conv head's convs: \"\" or GN",
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "one mask for all classes",
     "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "ROIAlignV2 (aligned) or ROIAlign",
-    "MODEL.ROI_MASK_HEAD.CHANNELS_LAST": "not in cvpods: compute every mask head in channels_last "
+    "MODEL.ROI_MASK_HEAD.CHANNELS_LAST": "not in cvpods: on the CPU, compute every mask head in channels_last "
                                          "(same results, faster)",
+    "MODEL.ROI_MASK_HEAD.CUDA_CHANNELS_LAST": "the same on CUDA; off: CUDA's GroupNorm returns NCHW, so every block "
+                                              "evaluation would copy layouts (unmeasured on a GPU so far)",
     "MODEL.ROI_MASK_HEAD.GN_GROUPS": "GroupNorm groups of the refinement block (weight_sharing and ifr heads)",
     "MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS": "IFR: training iterations in the unrolled form before the implicit one",
     "MODEL.ROI_MASK_HEAD.F_SOLVER": "IFR forward solver: broyden, anderson, fixed_point, broyden_cvpods (the "
@@ -165,6 +167,12 @@ DESCRIPTIONS = {
                                            "[results](results.md#the-refinement-ablation-on-the-built-in-data))",
     "MODEL.ROI_MASK_HEAD.JACOBIAN_FREQUENCY": "fraction of the implicit iterations that are regularised",
     "MODEL.ROI_MASK_HEAD.JACOBIAN_PROBES": "Hutchinson probes of the Jacobian estimate",
+    "MODEL.ROI_MASK_HEAD.SOLVE_ALLOW_TF32": "IFR on GPUs: let the forward and adjoint solves use TF32; off: they run "
+                                            "in IEEE float32 (TF32's rounding is a floor under the residual at "
+                                            "F_TOL 1e-4), the rest of the model follows torch's global setting",
+    "MODEL.ROI_MASK_HEAD.CUDA_CHECK_PERIOD": "IFR on CUDA: steps between the solvers' convergence checks (each a "
+                                             "host sync); finished RoIs stay frozen in between (broyden_cvpods "
+                                             "checks every step)",
     "INPUT.FORMAT": "channel order of the model's input: BGR (MSRA / cvpods weights) or RGB (torchvision)",
     "INPUT.MASK_FORMAT": "how mask targets are made; bitmask: rasterised at image size and cropped by RoIAlign",
     "INPUT.AUG.TRAIN_PIPELINES": "training transforms, (name, arguments) pairs: ResizeShortestEdge, RandomFlip",
