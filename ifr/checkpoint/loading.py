@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ifr.errors import UserError
+from ifr.utils.atomic import write_atomically
 
 from . import naming
 from .conventions import CONVENTION_OF_FORMAT, TORCHVISION, InputConvention
@@ -225,7 +226,6 @@ def export_cvpods_checkpoint(source: str, destination: str) -> int:
     state = data["model"]
     state, _ = naming.convert_to_ifr(state, naming.detect_format(state))
     exported = naming.ifr_to_cvpods(state)
-    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-    torch.save({"model": exported, "__author__": EXPORT_AUTHOR}, destination + ".tmp")
-    os.replace(destination + ".tmp", destination)
+    write_atomically(destination, lambda temporary: torch.save({"model": exported, "__author__": EXPORT_AUTHOR},
+                                                               temporary))
     return len(exported)

@@ -23,9 +23,11 @@ from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from ifr.modeling.oracle import GroundTruthBoxesMaskPredictor
 from ifr.modeling.test_time_augmentation import build_tta_model
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
+from ifr.solver.resume import TrainingSettings
 from ifr.utils import comm
 
 from .checkpoint import Checkpointer, training_checkpoints
+from .divergence import divergence_advice
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
 from .random_state import RandomStates
@@ -226,6 +228,7 @@ class DefaultTrainer(SimpleTrainer):
             checkpointables["grad_scaler"] = self.grad_scaler
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables)
         self.start_iter = 0
+        self.trained_base_lr: dict[str, float] = {}  # the checkpoint resumed from -> the BASE_LR it was trained at
         max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
         writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE),
                    JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
@@ -242,13 +245,23 @@ class DefaultTrainer(SimpleTrainer):
         ])
 
     def resume_or_load(self, resume: bool, overwrite: bool = False) -> None:
-        """``resume``: continue from the newest loadable checkpoint of OUTPUT_DIR (``Checkpointer.resume``).
+        """``resume``: continue from the newest loadable checkpoint of OUTPUT_DIR (``Checkpointer.resume``),
+        with the optimizer and LR-schedule settings of the config (those that differ from the
+        checkpoint's are logged, and the schedule continues from them at the resumed iteration).
         Otherwise start at iteration 0 from MODEL.WEIGHTS, which over a folder that already holds a
         run's checkpoints (they would be overwritten one by one) needs ``overwrite``."""
+        requested = TrainingSettings.of(self.optimizer, self.scheduler)
         resumed = self.checkpointer.resume() if resume else None
         if resumed is not None:
             # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
             self.start_iter = resumed[1].get("iteration", -1) + 1
+            loaded = requested.apply(self.optimizer, self.scheduler, resumed[0])
+            self.trained_base_lr[resumed[0]] = self.cfg.SOLVER.OPTIMIZER.BASE_LR * requested.base_lr_ratio(loaded)
+            changes = requested.changes_from(loaded)
+            if changes:
+                logger.info("--resume: the config changes the checkpoint's %s; applied from iteration %d on (LR %g "
+                            "there)", ", ".join(changes), self.start_iter,
+                            max(g["lr"] for g in self.optimizer.param_groups))
             if self.start_iter > 0:  # continue the data stream where the checkpointed run was
                 self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
             return
@@ -268,8 +281,11 @@ class DefaultTrainer(SimpleTrainer):
         try:
             super().train(self.start_iter, self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
         except TrainingDivergedError as e:
-            if "last good checkpoint" in str(e) or "No checkpoint was written" in str(e):
+            if not comm.is_main_process():
                 raise
-            raise TrainingDivergedError(f"{e}. {self.checkpointer.continue_hint()}") from None
+            advice = divergence_advice(self.checkpointer, self.storage.history.get("total_loss", []),
+                                       self.cfg.TRAINER.WINDOW_SIZE, self.cfg.SOLVER.OPTIMIZER.BASE_LR,
+                                       self.trained_base_lr)
+            raise TrainingDivergedError(f"{e}. {advice}") from None
         if self.eval_hook.last_results:  # the final model's evaluation
             check_expected_results(self.cfg, self.eval_hook.last_results)
