@@ -16,6 +16,7 @@ from torch import nn
 from ifr.checkpoint import CheckpointError, LoadReport, load_checkpoint_into_model, read_checkpoint
 from ifr.checkpoint.loading import group_keys, non_finite_tensors
 from ifr.errors import TrainingDivergedError
+from ifr.solver.resume import check_state_fits
 from ifr.utils.atomic import open_atomically, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Checkpointer:
         for key, obj in self.checkpointables.items():
             state = data.pop(key, None)
             if with_state and state is not None:
+                check_state_fits(obj, state, path)
                 obj.load_state_dict(state)
             elif with_state:
                 logger.warning("%s has no %s state; it starts fresh", path, key)

@@ -20,6 +20,7 @@ from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
+from ifr.evaluation.expected_results import check_expected_entries
 from ifr.modeling.oracle import GroundTruthBoxesMaskPredictor
 from ifr.modeling.test_time_augmentation import build_tta_model
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
@@ -56,6 +57,34 @@ def default_argument_parser(description: str, test: bool = False) -> argparse.Ar
         parser.add_argument("--end-iter", type=int, default=None, help="... up to this iteration")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
+
+
+def check_arguments(args) -> None:
+    """Flag combinations of pods_train / pods_test that contradict each other, refused in one line
+    before anything runs."""
+    weights = "MODEL.WEIGHTS" in args.opts[::2]
+    overwrite = getattr(args, "overwrite", False)
+    start, end = getattr(args, "start_iter", None), getattr(args, "end_iter", None)
+    evaluates = args.eval_only or not hasattr(args, "overwrite")  # pods_test has no --overwrite
+    contradictions = [
+        (args.resume and overwrite, "--resume continues OUTPUT_DIR's run and --overwrite starts it over: pass one"),
+        (args.eval_only and overwrite, "--overwrite starts a training over and --eval-only trains nothing: drop "
+                                       "--overwrite"),
+        (evaluates and args.resume and weights, "--resume evaluates OUTPUT_DIR's newest checkpoint and MODEL.WEIGHTS "
+                                                "names another model: pass one of them"),
+        ((start is not None or end is not None) and weights, "--start-iter/--end-iter select OUTPUT_DIR's "
+                                                             "checkpoints and MODEL.WEIGHTS names one file: pass one "
+                                                             "of them"),
+        ((start is not None or end is not None) and args.resume, "--resume evaluates the newest checkpoint only and "
+                                                                 "--start-iter/--end-iter select a range: drop "
+                                                                 "--resume"),
+        (start is not None and end is not None and start > end, f"--start-iter {start} is after --end-iter {end}: "
+                                                                "no checkpoint lies between"),
+        (any(i is not None and i < 0 for i in (start, end)), "--start-iter and --end-iter are iterations (>= 0)"),
+    ]
+    for contradicts, message in contradictions:
+        if contradicts:
+            raise UserError(message)
 
 
 _FORMAT = "[%(asctime)s %(name)s]: %(message)s"
@@ -140,6 +169,7 @@ def seed_all(seed: int) -> None:
 def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
     check_supported(cfg)
+    check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg))
     setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("command line: %s", " ".join(sys.argv))
     logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,
@@ -158,9 +188,12 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
+def evaluated_tasks(cfg) -> tuple[str, ...]:
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+
+
 def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> COCOEvaluator:
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), tasks)
+    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), evaluated_tasks(cfg))
 
 
 def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:

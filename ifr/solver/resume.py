@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from ifr.config import ConfigError
 
@@ -33,6 +34,22 @@ CONFIG_KEYS = {
     "warmup_method": "SOLVER.LR_SCHEDULER.WARMUP_METHOD",
     "max_iter": "SOLVER.LR_SCHEDULER.MAX_ITER",
 }
+
+
+def check_state_fits(obj, state: dict, checkpoint: str) -> None:
+    """A ConfigError when ``state`` (from ``checkpoint``) is another kind of optimizer's or LR schedule's
+    than ``obj``'s (other settings altogether): its state cannot continue under ``obj``."""
+    if isinstance(obj, torch.optim.Optimizer) and state.get("param_groups") and obj.param_groups:
+        theirs, mine, key = set(state["param_groups"][0]), set(obj.param_groups[0]), "SOLVER.OPTIMIZER.NAME"
+    elif isinstance(obj, LRScheduler):
+        theirs, mine = set(state) & set(SCHEDULE_SETTINGS), set(vars(obj)) & set(SCHEDULE_SETTINGS)
+        key = "SOLVER.LR_SCHEDULER.NAME"
+    else:
+        return
+    if theirs - {"initial_lr"} != mine - {"initial_lr"}:
+        raise ConfigError(f"--resume: {checkpoint} was written with another {key} than the config's, and its state "
+                          f"cannot continue under this one: keep the run's {key}, or start a new run from its weights "
+                          f"with MODEL.WEIGHTS {checkpoint} in another OUTPUT_DIR")
 
 
 def _shown(values: list):
@@ -78,15 +95,9 @@ class TrainingSettings:
     def apply(self, optimizer: torch.optim.Optimizer, scheduler, checkpoint: str) -> "TrainingSettings":
         """Replaces the hyperparameters a checkpoint loaded into ``optimizer`` / ``scheduler`` by these
         ones, keeping the optimizer's state and the scheduler's position; sets each group's LR to the
-        schedule's value at that position. Returns the checkpoint's settings. A checkpoint of
-        another optimizer or schedule (other settings altogether) is a ConfigError: its state cannot
-        continue under this one."""
+        schedule's value at that position. Returns the checkpoint's settings (``check_state_fits``
+        made sure they are the same optimizer's and schedule's)."""
         loaded = TrainingSettings.of(optimizer, scheduler)
-        if [set(g) for g in loaded.groups] != [set(g) for g in self.groups] or set(loaded.schedule) != set(self.schedule):
-            raise ConfigError(f"--resume: {checkpoint} was written with another SOLVER.OPTIMIZER.NAME or "
-                              "SOLVER.LR_SCHEDULER.NAME than the config's, whose state cannot continue under this "
-                              f"one: keep the run's optimizer and schedule, or start a new run from its weights "
-                              f"with MODEL.WEIGHTS {checkpoint} in another OUTPUT_DIR")
         for group, settings in zip(optimizer.param_groups, self.groups):
             group.update(copy.deepcopy(settings))
         for name, value in self.schedule.items():
