@@ -42,7 +42,7 @@ from ifr.modeling import build_generalized_rcnn
 from ifr.paths import EXPERIMENTS, output_root
 from ifr.presets import small_model_overrides
 from ifr.tools.experiment import load_experiment
-from ifr.utils.atomic import write_atomically
+from ifr.utils.atomic import json_writer, write_atomically
 
 DATASETS = {"hard": ("synthetic_hard_train", "synthetic_hard_val", 5),
             "shapes": ("synthetic_shapes_train", "synthetic_shapes_val", 3)}
@@ -160,8 +160,9 @@ def share_unrolled_phase(config, plain_run: str) -> str | None:
                if checkpoint_iteration(p, float("inf")) <= config.MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS]
     if not earlier:
         return None
-    os.makedirs(config.OUTPUT_DIR, exist_ok=True)
-    return shutil.copy(earlier[-1], config.OUTPUT_DIR)
+    copied = os.path.join(config.OUTPUT_DIR, os.path.basename(earlier[-1]))
+    write_atomically(copied, lambda path: shutil.copyfile(earlier[-1], path))
+    return copied
 
 
 def _same_run_until_implicit_phase(config, plain_run: str) -> bool:
@@ -237,13 +238,8 @@ def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
               "oracle_mask_AP": oracle["segm"]["AP"], "mask_head_parameters": head_parameters,
               "feature_layer_parameters": head_parameters - upsampling,
               "seconds_per_image": seconds / max(images, 1), **solves, "settings": settings}
-    write_atomically(os.path.join(out, "results.json"), lambda path: _dump(result, path))
+    write_atomically(os.path.join(out, "results.json"), json_writer(result, indent=1))
     return result
-
-
-def _dump(data: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
 
 
 def _mean_std(values: list[float | None]) -> str:

@@ -188,7 +188,6 @@ def test_staged_files_replace_the_previous_set_as_a_whole(tmp_path):
 
 
 def test_an_interrupted_evaluation_keeps_the_previous_results(tmp_path, monkeypatch, val_subset):
-    from ifr.evaluation import coco_evaluation
     from ifr.evaluation.coco_evaluation import RESULT_FILES, COCOEvaluator
 
     def evaluate_once(score):
@@ -200,7 +199,7 @@ def test_an_interrupted_evaluation_keeps_the_previous_results(tmp_path, monkeypa
 
     evaluate_once(0.9)
     before = {n: open(tmp_path / n, "rb").read() for n in RESULT_FILES}
-    monkeypatch.setattr(coco_evaluation.json, "dump", _half_then_fail(json.dump))  # dies writing the results json
+    monkeypatch.setattr(json, "dump", _half_then_fail(json.dump))  # dies writing the results json
     with pytest.raises(OSError):
         evaluate_once(0.5)
     assert {n: open(tmp_path / n, "rb").read() for n in RESULT_FILES} == before

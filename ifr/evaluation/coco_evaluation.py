@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import logging
 import os
 
@@ -17,17 +16,12 @@ from tabulate import tabulate
 from ifr.data.catalog import get_metadata
 from ifr.data.coco import contiguous_category_ids, load_coco_api
 from ifr.utils import comm
-from ifr.utils.atomic import StagedFiles
+from ifr.utils.atomic import StagedFiles, json_writer
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULT_FILES = ("instances_predictions.pth", "coco_instances_results.json", "coco_eval_results.json")
-
-
-def _dump_json(data, path: str, **kwargs) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, **kwargs)
 
 
 def instances_to_coco_json(instances: dict, image_id: int) -> list[dict]:
@@ -82,11 +76,11 @@ class COCOEvaluator:
             for r in results:
                 r["category_id"] = self.contiguous_to_coco[r["category_id"]]
             if self.output_dir:
-                files.stage(self._path("coco_instances_results.json"), lambda tmp: _dump_json(results, tmp))
+                files.stage(self._path("coco_instances_results.json"), json_writer(results))
             image_ids = sorted({p["image_id"] for p in predictions})
             scores = {task: self._evaluate_task(task, results, image_ids) for task in self.tasks}
             if self.output_dir:
-                files.stage(self._path("coco_eval_results.json"), lambda tmp: _dump_json(scores, tmp, indent=2))
+                files.stage(self._path("coco_eval_results.json"), json_writer(scores, indent=2))
         return scores
 
     def _path(self, name: str) -> str:

@@ -6,6 +6,7 @@ as a set, so one command's files are never mixed with another's."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from typing import Callable, Iterator
@@ -27,6 +28,15 @@ def _temporary_path(path: str) -> str:
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+def json_writer(data, **kwargs) -> Callable[[str], None]:
+    """A ``write`` for ``write_atomically`` / ``StagedFiles.stage``: ``data`` as JSON (``json.dump``'s
+    ``kwargs``)."""
+    def write(path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(data, f, **kwargs)
+    return write
 
 
 def write_atomically(path: str, write: Callable[[str], object]) -> None:
