@@ -69,7 +69,8 @@ def test_other_thread_counts_and_settings_without_records_do_not_match(ablation,
     assert "MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT 0.0 -> 0.5" in ablation.reusable_results(out, other_head)[1]
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"box_AP": 1.0}, f)  # an older version's record
-    assert ablation.reusable_results(out, wanted)[1] == "its results.json records no settings (written by an older version)"
+    assert ablation.reusable_results(out, wanted)[1] == ("its results.json records no settings (written by an older "
+                                                          "version)")
 
 
 class _Stop(Exception):

@@ -288,7 +288,7 @@ class DefaultTrainer(SimpleTrainer):
         if resumed is not None:
             # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
             self.start_iter = resumed[1].get("iteration", -1) + 1
-            loaded = requested.apply(self.optimizer, self.scheduler, resumed[0])
+            loaded = requested.apply(self.optimizer, self.scheduler, resumed[0], self.start_iter)
             self.trained_base_lr[resumed[0]] = self.cfg.SOLVER.OPTIMIZER.BASE_LR * requested.base_lr_ratio(loaded)
             changes = requested.changes_from(loaded)
             if changes:

@@ -92,16 +92,18 @@ class TrainingSettings:
         mine, theirs = self.schedule["base_lrs"][0], other.schedule["base_lrs"][0]
         return theirs / mine if mine else 1.0
 
-    def apply(self, optimizer: torch.optim.Optimizer, scheduler, checkpoint: str) -> "TrainingSettings":
+    def apply(self, optimizer: torch.optim.Optimizer, scheduler, checkpoint: str, iteration: int) -> "TrainingSettings":
         """Replaces the hyperparameters a checkpoint loaded into ``optimizer`` / ``scheduler`` by these
-        ones, keeping the optimizer's state and the scheduler's position; sets each group's LR to the
-        schedule's value at that position. Returns the checkpoint's settings (``check_state_fits``
+        ones, keeping the optimizer's state; puts the schedule at ``iteration`` (the one training
+        resumes at; also for a checkpoint without scheduler state) and sets each group's LR to the
+        schedule's value there. Returns the checkpoint's settings (``check_state_fits``
         made sure they are the same optimizer's and schedule's)."""
         loaded = TrainingSettings.of(optimizer, scheduler)
         for group, settings in zip(optimizer.param_groups, self.groups):
             group.update(copy.deepcopy(settings))
         for name, value in self.schedule.items():
             setattr(scheduler, name, copy.deepcopy(value))
+        scheduler.last_epoch = iteration
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["initial_lr"] = base_lr
         lrs = scheduler.get_lr()  # the closed form at the resumed position
