@@ -349,3 +349,27 @@ def test_a_folder_copied_outside_the_checkout_runs_the_installed_tool_or_says_wh
         done = subprocess.run(["sh", str(folder / script), "--help"], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0 and done.stdout.startswith(f"usage: {script.replace('.sh', '')}"), done.stderr
+
+
+def test_an_interrupted_export_leaves_the_previous_export(tmp_path, monkeypatch):
+    from test_checkpoint_formats import released_checkpoint
+
+    from ifr.checkpoint import export_cvpods_checkpoint
+
+    torch.save(released_checkpoint("cascade")["model"], tmp_path / "released.pth")
+    export_cvpods_checkpoint(str(tmp_path / "released.pth"), str(tmp_path / "exported.pth"))
+    before = open(tmp_path / "exported.pth", "rb").read()
+    monkeypatch.setattr(torch, "save", _half_then_fail(torch.save))
+    with pytest.raises(OSError):
+        export_cvpods_checkpoint(str(tmp_path / "released.pth"), str(tmp_path / "exported.pth"))
+    assert open(tmp_path / "exported.pth", "rb").read() == before and _leftovers(tmp_path) == []
+
+
+def test_expected_results_for_other_datasets_are_checked_for_form_only():
+    from ifr.evaluation.expected_results import check_expected_entries
+
+    check_expected_entries([("segm", "AP", 36.3, 0.2, "coco_2017_val")], ("bbox",), ("val",))  # not this run's
+    with pytest.raises(ConfigError, match="no such task 'segm'"):
+        check_expected_entries([("segm", "AP", 36.3, 0.2, "val")], ("bbox",), ("val",))
+    with pytest.raises(ConfigError, match="no such metric 'mAP'"):
+        check_expected_entries([("bbox", "mAP", 36.3, 0.2, "coco_2017_val")], ("bbox",), ("val",))

@@ -169,7 +169,7 @@ def seed_all(seed: int) -> None:
 def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
     check_supported(cfg)
-    check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg))
+    check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg), tuple(cfg.DATASETS.TEST))
     setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("command line: %s", " ".join(sys.argv))
     logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,

@@ -37,16 +37,16 @@ def _parse(entry) -> tuple[str, str, float, float, str | None]:
     return str(task), str(metric), float(value), float(tolerance), (str(entry[4]) if len(entry) == 5 else None)
 
 
-def check_expected_entries(expected: list, tasks: tuple[str, ...]) -> None:
+def check_expected_entries(expected: list, tasks: tuple[str, ...], datasets: tuple[str, ...]) -> None:
     """TEST.EXPECTED_RESULTS checked when a run starts (not after hours of training): each entry
-    well-formed, its task one the run evaluates and its metric one the evaluation reports; a
-    ConfigError naming the entry otherwise."""
+    well-formed, its metric one the evaluation reports and, for the entries the run checks (its
+    ``datasets``'), its task one the run evaluates; a ConfigError naming the entry otherwise."""
     if not isinstance(expected, (list, tuple)):
         raise ConfigError(f"TEST.EXPECTED_RESULTS must be a list of [task, metric, value, tolerance(, dataset)] "
                           f"entries, got {expected!r}")
     for entry in expected:
-        task, metric, *_ = _parse(entry)
-        if task not in tasks:
+        task, metric, _, _, dataset = _parse(entry)
+        if task not in tasks and (dataset is None or dataset in datasets):
             raise ConfigError(f"TEST.EXPECTED_RESULTS entry {entry!r}: no such task {task!r}; this run evaluates "
                               f"{', '.join(tasks)}")
         if metric not in METRICS and not metric.startswith("AP-"):
