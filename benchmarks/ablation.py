@@ -9,10 +9,13 @@ Each run is the quickstart's small model (``ifr.presets.small_model_overrides``)
 head; the 4-conv head is as wide as the refinement block (the FPN's 128 channels, as 256 in the paper).
 It reports box AP, mask AP, mask AP75, mask AP on the ground-truth boxes (TEST.ORACLE_BOXES), the
 mask head's parameters and their ratio to the 4-conv head's, inference time per image and solver
-steps per image and per RoI; then the mean and standard deviation over seeds. Finished runs are not
-re-run (each leaves ``results.json`` in ``DIR/<dataset>/<head>/seed<k>``; default DIR:
-``$IFR_OUTPUT_ROOT/ablation``, else ``output/ablation``); ``--finished-only`` prints the tables of the
-finished runs without training the missing ones (e.g. while they train in another shell).
+steps per image and per RoI; then the mean and standard deviation over seeds. Each run leaves
+``results.json`` in ``DIR/<dataset>/<head>/seed<k>`` (default DIR: ``$IFR_OUTPUT_ROOT/ablation``, else
+``output/ablation``) with the settings it ran with (its whole config, the mask head, the CPU threads).
+A finished run is reused only when those match the command's; otherwise (or when its results.json
+cannot be read) it is run again from scratch, saying why. ``--finished-only`` prints the tables of the
+matching finished runs without training the others, and says which runs it left out and why. The
+tables are titled with the iterations, seeds and threads the runs recorded.
 
 ``--jacobian-weights`` adds IFR runs with MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT w (head ``ifr_jac<w>``;
 0 is the plain ``ifr`` run). The regulariser only acts in the implicit phase, so a regularised run is
@@ -29,6 +32,7 @@ import shutil
 import statistics
 import time
 
+import torch
 from tabulate import tabulate
 
 from ifr.data import get_dataset_dicts
@@ -38,6 +42,7 @@ from ifr.modeling import build_generalized_rcnn
 from ifr.paths import EXPERIMENTS, output_root
 from ifr.presets import small_model_overrides
 from ifr.tools.experiment import load_experiment
+from ifr.utils.atomic import json_writer, write_atomically
 
 DATASETS = {"hard": ("synthetic_hard_train", "synthetic_hard_val", 5),
             "shapes": ("synthetic_shapes_train", "synthetic_shapes_val", 3)}
@@ -50,13 +55,74 @@ def variant_name(head: str, jacobian_weight: float = 0.0) -> str:
     return f"{JACOBIAN_PREFIX}{jacobian_weight:g}" if head == "ifr" and jacobian_weight > 0 else head
 
 
+def _split_variant(variant: str) -> tuple[str, float]:
+    """``ifr_jac<w>`` -> ("ifr", w); a head name -> (head, 0)."""
+    return ("ifr", float(variant[len(JACOBIAN_PREFIX):])) if variant.startswith(JACOBIAN_PREFIX) else (variant, 0.0)
+
+
+def _config_record(config) -> dict:
+    """The config as JSON would hold it (tuples as lists), without the run's folder."""
+    record = json.loads(json.dumps(config.to_dict(), default=repr))
+    record.pop("OUTPUT_DIR", None)
+    return record
+
+
+def run_settings(config, variant: str) -> dict:
+    """What a run's results depend on: its whole config, its mask head and the CPU threads."""
+    return {"mask_head": _split_variant(variant)[0], "threads": torch.get_num_threads(),
+            "config": _config_record(config)}
+
+
+def setting_differences(recorded, wanted, prefix: str = "") -> list[str]:
+    """``KEY recorded -> wanted`` for every (nested, dotted) setting that differs."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        return [d for key in sorted(set(recorded) | set(wanted), key=str)
+                for d in setting_differences(recorded.get(key), wanted.get(key), f"{prefix}{key}.")]
+    return [] if recorded == wanted else [f"{prefix.rstrip('.').replace('config.', '', 1)} {recorded!r} -> {wanted!r}"]
+
+
+def reusable_results(out: str, wanted: dict) -> tuple[dict | None, str]:
+    """The finished run's results in ``out`` when its recorded settings are ``wanted``; else
+    (None, why not)."""
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        return None, "not run yet"
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        if not isinstance(results, dict):
+            raise ValueError(f"holds a {type(results).__name__}, not the results")
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        return None, f"its results.json cannot be read ({type(e).__name__}: {e})"
+    if "settings" not in results:
+        return None, "its results.json records no settings (written by an older version)"
+    differences = setting_differences(results["settings"], wanted)
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        return None, f"it ran with other settings ({shown})"
+    return results, "finished"
+
+
+def _checkpoints_of_other_run(out: str, settings: dict) -> bool:
+    """Whether ``out`` holds checkpoints of a run whose config.json is not ``settings``' config (a
+    run with the same one is resumed: an interrupted run, or one whose results.json was lost)."""
+    if not training_checkpoints(out):
+        return False
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return True
+    recorded.pop("OUTPUT_DIR", None)
+    return bool(setting_differences(recorded, settings["config"]))
+
+
 def run_config(dataset: str, variant: str, seed: int, max_iter: int, output_dir: str):
     """The config and model builder of one run (``variant``: a head name or ``ifr_jac<w>``)."""
     config, _ = load_experiment(EXPERIMENTS["ifr"])
     config.merge(small_model_overrides(max_iter))
     train, val, classes = DATASETS[dataset]
-    head, jacobian_weight = ("ifr", float(variant[len(JACOBIAN_PREFIX):])) \
-        if variant.startswith(JACOBIAN_PREFIX) else (variant, 0.0)
+    head, jacobian_weight = _split_variant(variant)
     config.merge(dict(DATASETS=dict(TRAIN=(train,), TEST=(val,)), SEED=seed, OUTPUT_DIR=output_dir,
                       MODEL=dict(ROI_HEADS=dict(NUM_CLASSES=classes),
                                  ROI_MASK_HEAD=dict(CONV_DIM=128, JACOBIAN_WEIGHT=jacobian_weight))))
@@ -88,14 +154,27 @@ class SolverSteps:
 def share_unrolled_phase(config, plain_run: str) -> str | None:
     """Copies into an empty regularised run's folder the plain IFR run's last checkpoint from before
     PRETRAINED_STEPS (the two runs are the same until then); returns the copied path, or None."""
-    if training_checkpoints(config.OUTPUT_DIR):
+    if training_checkpoints(config.OUTPUT_DIR) or not _same_run_until_implicit_phase(config, plain_run):
         return None
     earlier = [p for p in training_checkpoints(plain_run)
                if checkpoint_iteration(p, float("inf")) <= config.MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS]
     if not earlier:
         return None
-    os.makedirs(config.OUTPUT_DIR, exist_ok=True)
-    return shutil.copy(earlier[-1], config.OUTPUT_DIR)
+    copied = os.path.join(config.OUTPUT_DIR, os.path.basename(earlier[-1]))
+    write_atomically(copied, lambda path: shutil.copyfile(earlier[-1], path))
+    return copied
+
+
+def _same_run_until_implicit_phase(config, plain_run: str) -> bool:
+    """Whether the plain IFR run's config.json is ``config`` but for JACOBIAN_WEIGHT (and OUTPUT_DIR)."""
+    try:
+        with open(os.path.join(plain_run, "config.json")) as f:
+            plain = json.load(f)
+    except (OSError, ValueError):
+        return False
+    plain.pop("OUTPUT_DIR", None)
+    return [d for d in setting_differences(plain, _config_record(config))
+            if not d.startswith("MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT ")] == []
 
 
 def training_phase_stats(output_dir: str, tag: str = "mask_head.refinement") -> dict:
@@ -116,15 +195,22 @@ def training_phase_stats(output_dir: str, tag: str = "mask_head.refinement") -> 
 
 def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
             finished_only: bool = False) -> dict | None:
-    """The run's results: read when it finished, else trained and evaluated (None with
-    ``finished_only``)."""
+    """The run's results: read when it finished with the same settings, else trained and evaluated
+    (None with ``finished_only``, saying why it is left out)."""
     out = os.path.join(root, dataset, variant, f"seed{seed}")
-    done = os.path.join(out, "results.json")
-    if os.path.isfile(done):
-        return json.load(open(done))
-    if finished_only:
-        return None
     config, build_model = run_config(dataset, variant, seed, max_iter, out)
+    settings = run_settings(config, variant)
+    results, why = reusable_results(out, settings)
+    if results is not None:
+        return results
+    if finished_only:
+        print(f"left out {out}: {why}")
+        return None
+    if why != "not run yet":
+        print(f"running {out} again: {why}")
+    if why.startswith("it ran with other settings") or _checkpoints_of_other_run(out, settings):
+        print(f"{out}: its checkpoints are of a run with other settings; starting over")
+        shutil.rmtree(out)
     if variant.startswith(JACOBIAN_PREFIX):
         copied = share_unrolled_phase(config, os.path.join(root, dataset, "ifr", f"seed{seed}"))
         print(f"{variant} seed {seed}: " + (f"resuming from the plain IFR run's {copied}" if copied else
@@ -151,9 +237,8 @@ def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
     result = {"box_AP": scores["bbox"]["AP"], "mask_AP": scores["segm"]["AP"], "mask_AP75": scores["segm"]["AP75"],
               "oracle_mask_AP": oracle["segm"]["AP"], "mask_head_parameters": head_parameters,
               "feature_layer_parameters": head_parameters - upsampling,
-              "seconds_per_image": seconds / max(images, 1), **solves}
-    with open(done, "w") as f:
-        json.dump(result, f, indent=1)
+              "seconds_per_image": seconds / max(images, 1), **solves, "settings": settings}
+    write_atomically(os.path.join(out, "results.json"), json_writer(result, indent=1))
     return result
 
 
@@ -169,6 +254,18 @@ def _mean_std(values: list[float | None]) -> str:
 def _mean(values: list[float | None], digits: int) -> str:
     values = [v for v in values if v is not None]
     return f"{statistics.mean(values):.{digits}f}" if values else "-"
+
+
+def title(runs: list[dict]) -> str:
+    """The tables' title from the reported runs' own records: iterations, seeds, CPU threads."""
+    if not runs:
+        return "no finished run matches these settings"
+    settings = [r["settings"] for r in runs]
+    iterations = sorted({s["config"]["SOLVER"]["LR_SCHEDULER"]["MAX_ITER"] for s in settings})
+    seeds = sorted({s["config"]["SEED"] for s in settings})
+    threads = sorted({s["threads"] for s in settings})
+    return (f"{' / '.join(map(str, iterations))} iterations per run, seeds {seeds}, "
+            f"{' / '.join(map(str, threads))} CPU thread{'s' if threads != [1] else ''}")
 
 
 def main() -> None:
@@ -187,7 +284,7 @@ def main() -> None:
     args = parser.parse_args()
     root = args.output or os.path.join(output_root(), "ablation")
     variants = [variant_name(head, w) for head in args.heads for w in (args.jacobian_weights if head == "ifr" else [0])]
-    rows, solver_rows, per_seed = [], [], []
+    rows, solver_rows, per_seed, reported = [], [], [], []
     for dataset in args.datasets:
         seeds = args.shapes_seeds if dataset == "shapes" and args.shapes_seeds else args.seeds
         results = {}  # variant -> {seed: results} of the finished runs, variants without any left out
@@ -198,6 +295,7 @@ def main() -> None:
         conv = next(iter(results["conv"].values())) if "conv" in results else None
         for variant, by_seed in results.items():
             runs = list(by_seed.values())
+            reported.extend(runs)
             for seed, r in by_seed.items():
                 per_seed.append([dataset, variant, seed, *(f"{r[k]:.1f}" for k in ("box_AP", "mask_AP", "mask_AP75",
                                                                                   "oracle_mask_AP"))])
@@ -217,7 +315,7 @@ def main() -> None:
                                     *(_mean([t[k] for t in train], d) for k, d in (
                                         ("train_forward_steps", 1), ("train_backward_steps", 1),
                                         ("train_seconds_per_iteration", 2), ("loss_jacobian", 4)))])
-    print(f"{args.max_iter} iterations per run, seeds {args.seeds}")
+    print(title(reported))
     print(tabulate(rows, headers=["dataset", "mask head", "seeds", "box AP", "mask AP", "mask AP75",
                                   "mask AP on GT boxes", "mask-head params", "/ 4-conv (head / features)",
                                   "s / image"], tablefmt="github"))

@@ -54,9 +54,10 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint_and_says_how_to_continue
                                              "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "0",
                                              "SOLVER.CLIP_GRADIENTS.ENABLED", "False"))
     out = os.path.join(str(tmp_path), "quickstart")
-    last = os.path.join(out, open(os.path.join(out, "last_checkpoint")).read())
-    assert "non-finite" in err and f"The last good checkpoint is {last}: continue from it with --resume" in err
-    assert f"MODEL.WEIGHTS {last}" in err
+    # the finite checkpoints written while the losses exploded are not offered (tests/test_run_records.py
+    # follows this advice)
+    assert "non-finite" in err and "No checkpoint of this run is from before the losses started rising" in err
+    assert "e.g. --overwrite SOLVER.OPTIMIZER.BASE_LR 1e+05" in err
     assert all(_finite(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".pth"))
 
 

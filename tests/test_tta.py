@@ -118,7 +118,8 @@ def test_expected_results_pass_when_matched_and_fail_clearly_otherwise():
     assert verify_results([("bbox", "AP", 40.0, 0.0)], results, "any") == 1
     assert verify_results(expected("segm", "coco_2017_val", AP=99.0), results, "synthetic_shapes_val") == 0
     with pytest.raises(ResultsMismatch, match=r"on coco_2017_val does not reproduce TEST.EXPECTED_RESULTS: "
-                                              r"segm/AP 36.31, expected 37.0 \+- 0.2; segm/APl missing"):
+                                              r"segm/AP 36.31, expected 37.0 \+- 0.2; segm/APl: no such metric in the "
+                                              r"evaluation of coco_2017_val \(it has AP, AP50\)"):
         verify_results(expected("segm", "coco_2017_val", AP=37.0, APl=52.2), results, "coco_2017_val")
     with pytest.raises(ConfigError, match="entries are"):
         verify_results([("segm", "AP", 1.0)], results, "x")

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from ifr.errors import UserError
+from ifr.utils.atomic import write_atomically
 
 from . import naming
 from .conventions import CONVENTION_OF_FORMAT, TORCHVISION, InputConvention
-from .safe_pickle import UnsafePickleError, load_pickle_safely
+from .safe_pickle import UnsafePickleError, is_legacy_torch_file, load_pickle_safely, referenced_globals
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +64,27 @@ def _is_zip(path: str) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def _refused_global(error: Exception) -> str:
-    """What torch's weights-only unpickler refused, from its message (e.g. "it references posix.system")."""
+def _refused_global(error: Exception, path: str) -> str | None:
+    """What torch's weights-only unpickler refused (e.g. "it references posix.system"): from its
+    message, else the first global of the file outside torch and collections; None when the file
+    references nothing else (it is broken rather than refused)."""
     match = re.search(r"GLOBAL ([\w.]+)", str(error))
-    return f"it references {match[1]}" if match else "it holds Python objects other than tensors and plain data"
+    foreign = [match[1]] if match else [g for g in referenced_globals(path)
+                                        if g.split(".")[0] not in ("torch", "collections", "_codecs")]
+    return f"it references {foreign[0]}" if foreign else None
+
+
+def _refusal(path: str, what: str, only: str) -> CheckpointError:
+    return CheckpointError(f"refusing to load {path}: {what}, which a weight file never needs (nothing in it was run). "
+                           f"{only}")
 
 
 def _read_pickle(path: str) -> dict:
     try:
         data = load_pickle_safely(path)
     except UnsafePickleError as e:
-        raise CheckpointError(f"refusing to load {path}: {e}. Only pickles of plain data and numpy arrays are "
-                              "read; convert a trusted file to a .pth state dict first") from None
+        raise _refusal(path, str(e), "Only pickles of plain data and numpy arrays are read; convert a trusted file "
+                                     "to a .pth state dict first") from None
     except Exception as e:  # noqa: BLE001  (corrupt pickles raise many types)
         raise CheckpointError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
@@ -97,21 +107,22 @@ def read_checkpoint(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path} is a folder, not a file: pass one of its checkpoint files{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.endswith(".pkl"):
+    torch_file = _is_zip(path) or is_legacy_torch_file(path)
+    if path.endswith(".pkl") and not torch_file:
         return _read_pickle(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e):  # not a refusal by torch's weights-only unpickler: a broken file
+        if not torch_file:
+            # A plain pickle: perhaps a Detectron weight file without its .pkl extension, which the
+            # restricted unpickler reads (or refuses, naming what it references).
+            return _read_pickle(path)
+        refused = _refused_global(e, path)
+        if refused is None:  # not a refusal by torch's weights-only unpickler: a broken file
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint of tensors and plain data "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        if _is_zip(path):
-            raise CheckpointError(f"refusing to load {path}: {_refused_global(e)}, which a weight file never needs "
-                                  "(nothing in it was run). Only tensors and plain data are read; re-save a trusted "
-                                  "file's state dict with torch.save") from None
-        # A plain pickle naming something other than tensors: perhaps a Detectron weight file without
-        # its .pkl extension, which the restricted unpickler reads (or refuses with the same message).
-        return _read_pickle(path)
+                                  f"({type(e).__name__})") from None
+        raise _refusal(path, refused, "Only tensors and plain data are read; re-save a trusted file's state dict "
+                                      "with torch.save") from None
     except Exception as e:  # noqa: BLE001  (pickle / zip errors have many types)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint of tensors and plain data "
                               f"({type(e).__name__}: {e})") from None
@@ -225,7 +236,6 @@ def export_cvpods_checkpoint(source: str, destination: str) -> int:
     state = data["model"]
     state, _ = naming.convert_to_ifr(state, naming.detect_format(state))
     exported = naming.ifr_to_cvpods(state)
-    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
-    torch.save({"model": exported, "__author__": EXPORT_AUTHOR}, destination + ".tmp")
-    os.replace(destination + ".tmp", destination)
+    write_atomically(destination, lambda temporary: torch.save({"model": exported, "__author__": EXPORT_AUTHOR},
+                                                               temporary))
     return len(exported)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Iterable
 
 from ifr.errors import UserError
+from ifr.utils.atomic import open_atomically
 
 
 class ConfigError(UserError, ValueError):
@@ -114,8 +115,7 @@ class ConfigDict(dict):
 
     def dump(self, path: str) -> None:
         """Writes the whole config as JSON (tuples become lists)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
+        with open_atomically(path) as f:
             json.dump(self.to_dict(), f, indent=2, default=repr)
             f.write("\n")
 

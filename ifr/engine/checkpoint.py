@@ -16,6 +16,8 @@ from torch import nn
 from ifr.checkpoint import CheckpointError, LoadReport, load_checkpoint_into_model, read_checkpoint
 from ifr.checkpoint.loading import group_keys, non_finite_tensors
 from ifr.errors import TrainingDivergedError
+from ifr.solver.resume import check_state_fits
+from ifr.utils.atomic import open_atomically, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -43,44 +45,43 @@ class Checkpointer:
         self.save_to_disk = save_to_disk
         self.checkpointables = checkpointables
         self.last_report: LoadReport | None = None
+        # checkpoints this process saved or resumed from -> the iteration they were written after
+        self.iterations: dict[str, int] = {}
 
     def save(self, name: str, **extra: Any) -> None:
         """Writes ``<name>.pth``. Call on every process: checkpointables may gather across processes;
         only the one with ``save_to_disk`` writes. Non-finite weights are never written: they raise
-        ``TrainingDivergedError`` naming the last good checkpoint instead."""
+        ``TrainingDivergedError`` instead."""
         model_state = self.model.state_dict()
         bad = non_finite_tensors(model_state)
         if bad:
             raise TrainingDivergedError(
                 f"the weights became non-finite ({len(bad)} of {len(model_state)} tensors: {group_keys(bad)}) and were "
-                f"not saved as {name}.pth. {self.continue_hint()}")
+                f"not saved as {name}.pth")
         data = {"model": model_state, **{k: v.state_dict() for k, v in self.checkpointables.items()}, **extra}
         if not self.save_to_disk:
             return
         path = os.path.join(self.save_dir, f"{name}.pth")
-        marker = os.path.join(self.save_dir, "last_checkpoint")
         try:
-            os.makedirs(self.save_dir, exist_ok=True)
-            torch.save(data, path + ".tmp")
-            os.replace(path + ".tmp", path)
-            with open(marker + ".tmp", "w") as f:
-                f.write(os.path.basename(path))
-            os.replace(marker + ".tmp", marker)
+            write_atomically(path, lambda temporary: torch.save(data, temporary))
+            self.point_marker_to(path)
         except (OSError, RuntimeError) as e:  # torch.save reports unwritable files as RuntimeError
-            for leftover in (path + ".tmp", marker + ".tmp"):
-                if os.path.isfile(leftover):
-                    os.remove(leftover)
             raise CheckpointError(f"cannot write checkpoint {path} ({e}): make {self.save_dir} writable or free disk "
                                   f"space (the checkpoints written before are intact). {self.continue_hint()}") from None
+        self.iterations[path] = extra.get("iteration", -1)
         logger.info("saved checkpoint %s", path)
 
     def continue_hint(self) -> str:
         """How to continue from the last checkpoint this folder holds (said when a run stops)."""
         last = self.last_checkpoint()
         if last is None:
-            return "No checkpoint was written yet: start again (e.g. with a lower SOLVER.OPTIMIZER.BASE_LR)."
-        return (f"The last good checkpoint is {last}: continue from it with --resume (e.g. with a lower "
-                f"SOLVER.OPTIMIZER.BASE_LR), or start a new run from its weights with MODEL.WEIGHTS {last}.")
+            return "No checkpoint was written yet: start again."
+        return f"The last checkpoint is {last}: continue from it with --resume."
+
+    def point_marker_to(self, path: str) -> None:
+        """Makes ``last_checkpoint`` name ``path`` (the checkpoint ``--resume`` continues from)."""
+        with open_atomically(os.path.join(self.save_dir, "last_checkpoint")) as f:
+            f.write(os.path.basename(path))
 
     def last_checkpoint(self) -> str | None:
         """The file ``last_checkpoint`` names, if it exists."""
@@ -102,6 +103,7 @@ class Checkpointer:
         for key, obj in self.checkpointables.items():
             state = data.pop(key, None)
             if with_state and state is not None:
+                check_state_fits(obj, state, path)
                 obj.load_state_dict(state)
             elif with_state:
                 logger.warning("%s has no %s state; it starts fresh", path, key)
@@ -129,6 +131,7 @@ class Checkpointer:
                 continue
             if why:
                 logger.warning("--resume: %s, so resuming from %s, the newest checkpoint that loads", why, path)
+            self.iterations[path] = extra.get("iteration", -1)
             return path, extra
         raise CheckpointError(f"--resume: none of the checkpoints in {self.save_dir} can be loaded "
                               f"({'; '.join(failures)}); start a new run in another OUTPUT_DIR")

@@ -19,12 +19,15 @@ from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
+from ifr.evaluation.expected_results import check_expected_entries
 from ifr.modeling.oracle import GroundTruthBoxesMaskPredictor
 from ifr.modeling.tta import build_tta_model
 from ifr.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
+from ifr.solver.resume import TrainingSettings
 from ifr.utils import comm
 
 from .checkpoint import Checkpointer, training_checkpoints
+from .divergence import divergence_advice
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from .launch import check_device_name
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
@@ -54,6 +57,34 @@ def default_argument_parser(description: str, test: bool = False) -> argparse.Ar
         parser.add_argument("--end-iter", type=int, default=None, help="... up to this iteration")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
+
+
+def check_arguments(args) -> None:
+    """Flag combinations of pods_train / pods_test that contradict each other, refused in one line
+    before anything runs."""
+    weights = "MODEL.WEIGHTS" in args.opts[::2]
+    overwrite = getattr(args, "overwrite", False)
+    start, end = getattr(args, "start_iter", None), getattr(args, "end_iter", None)
+    evaluates = args.eval_only or not hasattr(args, "overwrite")  # pods_test has no --overwrite
+    contradictions = [
+        (args.resume and overwrite, "--resume continues OUTPUT_DIR's run and --overwrite starts it over: pass one"),
+        (args.eval_only and overwrite, "--overwrite starts a training over and --eval-only trains nothing: drop "
+                                       "--overwrite"),
+        (evaluates and args.resume and weights, "--resume evaluates OUTPUT_DIR's newest checkpoint and MODEL.WEIGHTS "
+                                                "names another model: pass one of them"),
+        ((start is not None or end is not None) and weights, "--start-iter/--end-iter select OUTPUT_DIR's "
+                                                             "checkpoints and MODEL.WEIGHTS names one file: pass one "
+                                                             "of them"),
+        ((start is not None or end is not None) and args.resume, "--resume evaluates the newest checkpoint only and "
+                                                                 "--start-iter/--end-iter select a range: drop "
+                                                                 "--resume"),
+        (start is not None and end is not None and start > end, f"--start-iter {start} is after --end-iter {end}: "
+                                                                "no checkpoint lies between"),
+        (any(i is not None and i < 0 for i in (start, end)), "--start-iter and --end-iter are iterations (>= 0)"),
+    ]
+    for contradicts, message in contradictions:
+        if contradicts:
+            raise UserError(message)
 
 
 _FORMAT = "[%(asctime)s %(name)s]: %(message)s"
@@ -137,6 +168,7 @@ def seed_all(seed: int) -> None:
 def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
     check_supported(cfg)
+    check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg), tuple(cfg.DATASETS.TEST))
     setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("command line: %s", " ".join(sys.argv))
     logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,
@@ -155,9 +187,12 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
+def evaluated_tasks(cfg) -> tuple[str, ...]:
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+
+
 def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> COCOEvaluator:
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), tasks)
+    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), evaluated_tasks(cfg))
 
 
 def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
@@ -225,6 +260,7 @@ class DefaultTrainer(SimpleTrainer):
             checkpointables["grad_scaler"] = self.grad_scaler
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables)
         self.start_iter = 0
+        self.trained_base_lr: dict[str, float] = {}  # the checkpoint resumed from -> the BASE_LR it was trained at
         max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
         writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE),
                    JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
@@ -241,13 +277,23 @@ class DefaultTrainer(SimpleTrainer):
         ])
 
     def resume_or_load(self, resume: bool, overwrite: bool = False) -> None:
-        """``resume``: continue from the newest loadable checkpoint of OUTPUT_DIR (``Checkpointer.resume``).
+        """``resume``: continue from the newest loadable checkpoint of OUTPUT_DIR (``Checkpointer.resume``),
+        with the optimizer and LR-schedule settings of the config (those that differ from the
+        checkpoint's are logged, and the schedule continues from them at the resumed iteration).
         Otherwise start at iteration 0 from MODEL.WEIGHTS, which over a folder that already holds a
         run's checkpoints (they would be overwritten one by one) needs ``overwrite``."""
+        requested = TrainingSettings.of(self.optimizer, self.scheduler)
         resumed = self.checkpointer.resume() if resume else None
         if resumed is not None:
             # Only a resumed run continues the iteration count; MODEL.WEIGHTS is an initialisation.
             self.start_iter = resumed[1].get("iteration", -1) + 1
+            loaded = requested.apply(self.optimizer, self.scheduler, resumed[0], self.start_iter)
+            self.trained_base_lr[resumed[0]] = self.cfg.SOLVER.OPTIMIZER.BASE_LR * requested.base_lr_ratio(loaded)
+            changes = requested.changes_from(loaded)
+            if changes:
+                logger.info("--resume: the config changes the checkpoint's %s; applied from iteration %d on (LR %g "
+                            "there)", ", ".join(changes), self.start_iter,
+                            max(g["lr"] for g in self.optimizer.param_groups))
             if self.start_iter > 0:  # continue the data stream where the checkpointed run was
                 self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
             return
@@ -267,8 +313,11 @@ class DefaultTrainer(SimpleTrainer):
         try:
             super().train(self.start_iter, self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER)
         except TrainingDivergedError as e:
-            if "last good checkpoint" in str(e) or "No checkpoint was written" in str(e):
+            if not comm.is_main_process():
                 raise
-            raise TrainingDivergedError(f"{e}. {self.checkpointer.continue_hint()}") from None
+            advice = divergence_advice(self.checkpointer, self.storage.history.get("total_loss", []),
+                                       self.cfg.TRAINER.WINDOW_SIZE, self.cfg.SOLVER.OPTIMIZER.BASE_LR,
+                                       self.trained_base_lr)
+            raise TrainingDivergedError(f"{e}. {advice}") from None
         if self.eval_hook.last_results:  # the final model's evaluation
             check_expected_results(self.cfg, self.eval_hook.last_results)

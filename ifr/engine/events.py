@@ -1,14 +1,19 @@
 """Training metrics: a per-iteration store and the writers that report it (console, JSON, TensorBoard)."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
+import math
+import os
 import resource
 import statistics
 from collections import defaultdict
 
 import torch
+
+from ifr.utils.atomic import open_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -72,26 +77,52 @@ class CommonMetricPrinter:
 
 
 class JSONWriter:
-    """Appends one JSON object per report to ``path`` (metrics.json)."""
+    """Appends one JSON object per report to ``path`` (metrics.json), each line in one ``write`` call
+    so that a killed run leaves whole lines. ``start`` first drops the records a run resumed from an
+    earlier checkpoint is about to redo (and those of a run started over), so the file describes one
+    run."""
 
     def __init__(self, path: str, window: int = 20):
         self.path, self.window = path, window
 
+    def start(self, start_iter: int) -> None:
+        """Keeps the records of the iterations before ``start_iter``; a line cut short is dropped."""
+        kept = []
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    with contextlib.suppress(json.JSONDecodeError):
+                        if json.loads(line).get("iteration", math.inf) < start_iter:
+                            kept.append(line.rstrip("\n") + "\n")
+        with open_atomically(self.path) as f:
+            f.writelines(kept)
+
     def write(self, storage: EventStorage) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"iteration": storage.iter, **storage.current(self.window)}) + "\n")
+        line = json.dumps({"iteration": storage.iter, **storage.current(self.window)}) + "\n"
+        handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(handle, line.encode())
+        finally:
+            os.close(handle)
 
 
 class TensorboardWriter:
-    """Every scalar recorded since the previous report, as TensorBoard events in ``log_dir``."""
+    """Every scalar recorded since the previous report, as TensorBoard events in ``log_dir``.
+    ``start`` hides the events of earlier runs from ``start_iter`` on (TensorBoard's ``purge_step``)."""
 
     def __init__(self, log_dir: str):
-        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
-
-        self.writer = SummaryWriter(log_dir)
+        self.log_dir = log_dir
+        self.writer = None
         self.written: dict[str, int] = defaultdict(int)  # name -> number of history entries written
 
+    def start(self, start_iter: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+        self.writer = SummaryWriter(self.log_dir, purge_step=start_iter)
+
     def write(self, storage: EventStorage) -> None:
+        if self.writer is None:
+            self.start(storage.iter)
         for name, values in storage.history.items():
             for it, value in values[self.written[name]:]:
                 self.writer.add_scalar(name, value, it)
@@ -99,4 +130,5 @@ class TensorboardWriter:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -78,8 +78,16 @@ class EvalHook(HookBase):
 
 
 class PeriodicWriter(HookBase):
+    """Reports every ``period`` iterations and at the last; writers with a ``start(start_iter)`` are
+    told where the run starts (to drop what a resumed run redoes)."""
+
     def __init__(self, writers: list, period: int = 20):
         self.writers, self.period = writers, period
+
+    def before_train(self) -> None:
+        for writer in self.writers:
+            if hasattr(writer, "start"):
+                writer.start(self.trainer.start_iter)
 
     def after_step(self) -> None:
         it = self.trainer.iter + 1

@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from ifr.config import ConfigError
 from ifr.errors import UserError
 from ifr.utils import comm
+from ifr.utils.atomic import open_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,8 @@ def _init(rank: int, world_size: int, local_rank: int, init_method: str, device_
 def _record_failure(error_dir: str, rank: int, error: BaseException) -> None:
     # With the time, so the launcher can tell the first failure from its consequences (peers failing
     # in a collective once this process is gone). Written before the process group is torn down.
-    path = os.path.join(error_dir, f"rank{rank}.txt")
-    with open(path + ".tmp", "w") as f:
+    with open_atomically(os.path.join(error_dir, f"rank{rank}.txt")) as f:  # whole, even if terminated meanwhile
         f.write(f"{time.time()}\n{error}")
-    os.replace(path + ".tmp", path)  # whole or absent, even if this process is terminated meanwhile
 
 
 def _run_in_group(rank: int, world_size: int, local_rank: int, init_method: str, device_type: str, main: Callable,
@@ -118,7 +117,7 @@ def _first_failure(context, error_dir: str, machine_rank: int, num_per_machine: 
     """The root cause among the workers: one that died without a Python error (killed, out of
     memory), else the earliest recorded error."""
     errors = {}
-    for name in [n for n in os.listdir(error_dir) if n.endswith(".txt")]:
+    for name in [n for n in os.listdir(error_dir) if n.startswith("rank") and n.endswith(".txt")]:
         with open(os.path.join(error_dir, name)) as f:
             stamp, message = f.read().split("\n", 1)
         errors[int(name[len("rank"):-len(".txt")])] = (float(stamp), message.strip())

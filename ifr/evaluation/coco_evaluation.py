@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import logging
 import os
 
@@ -17,10 +16,12 @@ from tabulate import tabulate
 from ifr.data.catalog import get_metadata
 from ifr.data.coco import contiguous_category_ids, load_coco_api
 from ifr.utils import comm
+from ifr.utils.atomic import StagedFiles, json_writer
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RESULT_FILES = ("instances_predictions.pth", "coco_instances_results.json", "coco_eval_results.json")
 
 
 def instances_to_coco_json(instances: dict, image_id: int) -> list[dict]:
@@ -71,20 +72,22 @@ class COCOEvaluator:
         if not comm.is_main_process():
             return {}
         results = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
-        if self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            torch.save(predictions, os.path.join(self.output_dir, "instances_predictions.pth"))
-        for r in results:
-            r["category_id"] = self.contiguous_to_coco[r["category_id"]]
-        if self.output_dir:
-            with open(os.path.join(self.output_dir, "coco_instances_results.json"), "w") as f:
-                json.dump(results, f)
-        image_ids = sorted({p["image_id"] for p in predictions})
-        scores = {task: self._evaluate_task(task, results, image_ids) for task in self.tasks}
-        if self.output_dir:
-            with open(os.path.join(self.output_dir, "coco_eval_results.json"), "w") as f:
-                json.dump(scores, f, indent=2)
+        # The three files replace the previous evaluation's together, once all are written.
+        with StagedFiles(tuple(self._path(name) for name in RESULT_FILES) if self.output_dir else ()) as files:
+            if self.output_dir:
+                files.stage(self._path("instances_predictions.pth"), lambda tmp: torch.save(predictions, tmp))
+            for r in results:
+                r["category_id"] = self.contiguous_to_coco[r["category_id"]]
+            if self.output_dir:
+                files.stage(self._path("coco_instances_results.json"), json_writer(results))
+            image_ids = sorted({p["image_id"] for p in predictions})
+            scores = {task: self._evaluate_task(task, results, image_ids) for task in self.tasks}
+            if self.output_dir:
+                files.stage(self._path("coco_eval_results.json"), json_writer(scores, indent=2))
         return scores
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.output_dir, name)
 
     def _evaluate_task(self, task: str, results: list[dict], image_ids: list[int]) -> dict[str, float]:
         task_results = [{k: v for k, v in r.items() if not (task == "segm" and k == "bbox")} for r in results]

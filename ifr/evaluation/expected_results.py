@@ -7,6 +7,8 @@ import math
 from ifr.config import ConfigError
 from ifr.errors import UserError
 
+from .coco_evaluation import METRICS
+
 logger = logging.getLogger(__name__)
 
 # Tolerance for reproducing a published (paper) result with released weights: the published values are
@@ -35,6 +37,23 @@ def _parse(entry) -> tuple[str, str, float, float, str | None]:
     return str(task), str(metric), float(value), float(tolerance), (str(entry[4]) if len(entry) == 5 else None)
 
 
+def check_expected_entries(expected: list, tasks: tuple[str, ...], datasets: tuple[str, ...]) -> None:
+    """TEST.EXPECTED_RESULTS checked when a run starts (not after hours of training): each entry
+    well-formed, its metric one the evaluation reports and, for the entries the run checks (its
+    ``datasets``'), its task one the run evaluates; a ConfigError naming the entry otherwise."""
+    if not isinstance(expected, (list, tuple)):
+        raise ConfigError(f"TEST.EXPECTED_RESULTS must be a list of [task, metric, value, tolerance(, dataset)] "
+                          f"entries, got {expected!r}")
+    for entry in expected:
+        task, metric, _, _, dataset = _parse(entry)
+        if task not in tasks and (dataset is None or dataset in datasets):
+            raise ConfigError(f"TEST.EXPECTED_RESULTS entry {entry!r}: no such task {task!r}; this run evaluates "
+                              f"{', '.join(tasks)}")
+        if metric not in METRICS and not metric.startswith("AP-"):
+            raise ConfigError(f"TEST.EXPECTED_RESULTS entry {entry!r}: no such metric {metric!r}; the metrics are "
+                              f"{', '.join(METRICS)} and AP-<class name>")
+
+
 def verify_results(expected: list, results: dict[str, dict[str, float]], dataset: str) -> int:
     """Checks ``results`` (``{task: {metric: value}}``, one dataset's) against ``expected``; entries
     naming another dataset are skipped. Returns the number of entries checked; raises
@@ -46,9 +65,11 @@ def verify_results(expected: list, results: dict[str, dict[str, float]], dataset
             continue
         checked += 1
         actual = results.get(task, {}).get(metric)
-        if actual is None or not math.isfinite(actual) or abs(actual - value) > tolerance:
-            shown = "missing" if actual is None else f"{actual:.2f}"
-            failures.append(f"{task}/{metric} {shown}, expected {value} +- {tolerance}")
+        if actual is None:  # e.g. AP-<class> of a class the dataset does not have
+            failures.append(f"{task}/{metric}: no such metric in the evaluation of {dataset} (it has "
+                            f"{', '.join(sorted(results.get(task, {}))) or 'no ' + task + ' results'})")
+        elif not math.isfinite(actual) or abs(actual - value) > tolerance:
+            failures.append(f"{task}/{metric} {actual:.2f}, expected {value} +- {tolerance}")
     skipped = len(entries) - checked
     if skipped:
         logger.info("TEST.EXPECTED_RESULTS: %d entries are for other datasets than %s, not checked", skipped, dataset)

@@ -21,6 +21,7 @@ from ifr.data import dataset_class_names, get_metadata, read_image
 from ifr.data.mapper import ImageReadError
 from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
+from ifr.utils.atomic import write_atomically
 from ifr.visualization import draw_instances
 
 from .experiment import run_reporting_user_errors
@@ -91,7 +92,7 @@ def run(args) -> None:
         instances = {k: v.cpu() for k, v in predictor(image).items()}
         drawn = draw_instances(F.pil_to_tensor(image), instances, names, args.confidence_threshold)
         try:
-            F.to_pil_image(drawn).save(os.path.join(output, name))
+            write_atomically(os.path.join(output, name), F.to_pil_image(drawn).save)
         except OSError as e:
             raise UserError(f"cannot write {os.path.join(output, name)} ({e.strerror or e}): pass --output with a "
                             "folder you can write") from None

@@ -18,12 +18,15 @@ import argparse
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_setup, evaluate
+from ifr.engine.defaults import check_arguments
+from ifr.errors import UserError
 from ifr.presets.small_model import IFR_EXPERIMENT, small_model_overrides
 
 from .experiment import load_experiment, run_reporting_user_errors
 
 
 def run(args) -> None:
+    check_arguments(args)
     config, build_model = load_experiment(args.experiment)
     config.merge(small_model_overrides(args.max_iter, experiment=args.experiment))
     config.merge_from_list(args.opts)
@@ -31,7 +34,11 @@ def run(args) -> None:
     if args.eval_only or args.max_iter == 0:  # the trained model again, or the untrained baseline
         model = build_model(config).to(config.MODEL.DEVICE)
         if args.eval_only:
-            Checkpointer(model, config.OUTPUT_DIR).load(os.path.join(config.OUTPUT_DIR, "model_final.pth"), strict=True)
+            trained = os.path.join(config.OUTPUT_DIR, "model_final.pth")
+            if not os.path.isfile(trained):
+                raise UserError(f"--eval-only: nothing was trained in {config.OUTPUT_DIR} yet (no model_final.pth): "
+                                "train first, with the same command without --eval-only")
+            Checkpointer(model, config.OUTPUT_DIR).load(trained, strict=True)
         evaluate(config, model, show_progress=not args.no_progress)
         return
     trainer = DefaultTrainer(config, build_model, show_progress=not args.no_progress)

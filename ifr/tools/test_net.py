@@ -10,7 +10,7 @@ import os
 from ifr.data import check_datasets
 from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
 from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
-from ifr.engine.defaults import check_expected_results
+from ifr.engine.defaults import check_arguments, check_expected_results
 from ifr.engine.launch import launch
 from ifr.errors import UserError
 from ifr.utils import comm
@@ -57,6 +57,7 @@ def test_worker(args) -> None:
 
 
 def run(args) -> None:
+    check_arguments(args)
     # The configured device decides the process group's backend, so it is read before the processes start.
     config, _ = load_experiment(os.getcwd())
     config.merge_from_list(args.opts)

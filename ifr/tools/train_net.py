@@ -6,7 +6,7 @@ import logging
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, evaluate
-from ifr.engine.defaults import check_expected_results
+from ifr.engine.defaults import check_arguments, check_expected_results
 from ifr.engine.launch import launch
 from ifr.errors import UserError
 from ifr.utils import comm
@@ -24,13 +24,15 @@ def train_worker(args) -> None:
     config.merge_from_list(args.opts)
     default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
     if args.eval_only:
+        # MODEL.WEIGHTS from the command line, else the run's newest checkpoint (the config's
+        # MODEL.WEIGHTS is the training's initialisation, e.g. an ImageNet backbone, not a trained model).
         model = build_model(config).to(config.MODEL.DEVICE)
         checkpointer = Checkpointer(model, config.OUTPUT_DIR)
-        if (checkpointer.resume() if args.resume else None) is None:
-            if not config.MODEL.WEIGHTS:
-                raise UserError("--eval-only needs weights: MODEL.WEIGHTS /path/to/model_final.pth, or --resume to "
-                                f"evaluate the newest checkpoint of {config.OUTPUT_DIR}")
-            checkpointer.load(config.MODEL.WEIGHTS)
+        if "MODEL.WEIGHTS" in args.opts[::2] and config.MODEL.WEIGHTS:
+            checkpointer.load(config.MODEL.WEIGHTS, strict=True)
+        elif checkpointer.resume(strict=True) is None:
+            raise UserError(f"--eval-only: nothing was trained in {config.OUTPUT_DIR} yet (no checkpoint): train first "
+                            "(sh pods_train.sh), or pass the model to evaluate: MODEL.WEIGHTS /path/to/model_final.pth")
         check_expected_results(config, evaluate(config, model))
         return
     trainer = DefaultTrainer(config, build_model)
@@ -39,6 +41,7 @@ def train_worker(args) -> None:
 
 
 def run(args) -> None:
+    check_arguments(args)
     # The configured device decides the process group's backend, so it is read before the processes start.
     config, _ = load_experiment(os.getcwd())
     config.merge_from_list(args.opts)

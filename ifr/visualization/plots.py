@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import torch  # noqa: E402
 
+from ifr.utils.atomic import write_atomically  # noqa: E402
+
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(r["iteration"], r[key]) for r in records if key in r and "iteration" in r]
@@ -38,7 +40,7 @@ def plot_training_curves(records: list[dict], path: str) -> None:
         axis.legend(fontsize=7, ncol=3)
     axes[-1, 0].set_xlabel("iteration")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
     plt.close(figure)
 
 
@@ -65,5 +67,5 @@ def plot_residual_traces(traces: dict[str, torch.Tensor], path: str, title: str 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
     plt.close(figure)
