@@ -115,6 +115,9 @@ def test_proposals_and_sampled_boxes_stay_float32_in_mixed_precision_training(mo
         return sampled
 
     monkeypatch.setattr(StandardROIHeads, "label_and_sample_proposals", recording)
+    solve_dtypes = []
+    model.roi_heads.mask_head.refinement.block.register_forward_pre_hook(
+        lambda module, args: solve_dtypes.append((args[0].dtype, torch.is_autocast_enabled("cpu"))))
     image = torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)
     instances = {"boxes": torch.tensor([[10.0, 12.0, 50.0, 40.0]], dtype=torch.float64),
                  "classes": torch.tensor([0]), "masks": torch.zeros(1, 64, 96, dtype=torch.bool)}
@@ -124,6 +127,8 @@ def test_proposals_and_sampled_boxes_stay_float32_in_mixed_precision_training(mo
     assert seen and all(d == torch.float32 for proposals, sampled in seen for d in proposals + sampled)
     assert all(torch.isfinite(v) for v in losses.values())
     assert model.roi_heads.mask_head.refinement.last_stats is not None  # the implicit phase ran
+    # every block evaluation of the solve (and the one differentiable step) in float32, autocast off
+    assert solve_dtypes and set(solve_dtypes) == {(torch.float32, False)}
 
 
 # ---- TF32 off inside the solves ----
@@ -294,3 +299,17 @@ def test_setup_states_ranges_and_the_tested_pair_is_pinned_separately():
     import torchvision
     assert torch.__version__.split("+")[0] == pins["torch"]
     assert torchvision.__version__.split("+")[0] == pins["torchvision"]
+
+
+def test_solver_config_hands_the_per_device_policy_to_per_sample_solvers_only(monkeypatch):
+    import ifr.deq.solvers as solvers
+
+    chosen = []
+    real = solvers.SyncPolicy.for_device
+    monkeypatch.setattr(solvers.SyncPolicy, "for_device",
+                        lambda device, period: chosen.append((device.type, period)) or real(device, period))
+    f, z0 = _contraction()
+    SolverConfig("anderson", max_iter=5, tol=1e-5, cuda_check_period=5).solve(f, z0)
+    assert chosen == [("cpu", 5)]
+    SolverConfig("broyden_cvpods", max_iter=5, tol=1e-5).solve(f, z0)  # its parity stop test: no policy
+    assert chosen == [("cpu", 5)]
