@@ -103,18 +103,24 @@ def reusable_results(out: str, wanted: dict) -> tuple[dict | None, str]:
     return results, "finished"
 
 
+def _recorded_config(run: str) -> dict | None:
+    """The config.json of the run in folder ``run`` without its OUTPUT_DIR; None when unreadable."""
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return None
+    recorded.pop("OUTPUT_DIR", None)
+    return recorded
+
+
 def _checkpoints_of_other_run(out: str, settings: dict) -> bool:
     """Whether ``out`` holds checkpoints of a run whose config.json is not ``settings``' config (a
     run with the same one is resumed: an interrupted run, or one whose results.json was lost)."""
     if not training_checkpoints(out):
         return False
-    try:
-        with open(os.path.join(out, "config.json")) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
-        return True
-    recorded.pop("OUTPUT_DIR", None)
-    return bool(setting_differences(recorded, settings["config"]))
+    recorded = _recorded_config(out)
+    return recorded is None or bool(setting_differences(recorded, settings["config"]))
 
 
 def run_config(dataset: str, variant: str, seed: int, max_iter: int, output_dir: str):
@@ -167,12 +173,9 @@ def share_unrolled_phase(config, plain_run: str) -> str | None:
 
 def _same_run_until_implicit_phase(config, plain_run: str) -> bool:
     """Whether the plain IFR run's config.json is ``config`` but for JACOBIAN_WEIGHT (and OUTPUT_DIR)."""
-    try:
-        with open(os.path.join(plain_run, "config.json")) as f:
-            plain = json.load(f)
-    except (OSError, ValueError):
+    plain = _recorded_config(plain_run)
+    if plain is None:
         return False
-    plain.pop("OUTPUT_DIR", None)
     return [d for d in setting_differences(plain, _config_record(config))
             if not d.startswith("MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT ")] == []
 

@@ -98,6 +98,9 @@ def _run_in_group(rank: int, world_size: int, local_rank: int, init_method: str,
     try:
         _init(rank, world_size, local_rank, init_method, device_type)
         main(*args)
+        # A process that is done (rank 1 while rank 0 scores the evaluation) does not tear the group
+        # down under a peer still using it.
+        comm.synchronize()
     except BaseException as e:
         if error_dir is not None:
             _record_failure(error_dir, rank, e)
