@@ -11,7 +11,8 @@ from ifr.errors import UserError
 
 from .catalog import get_dataset_dicts, get_metadata
 from .coco import check_coco_paths
-from .mapper import DatasetMapper, ImageReadError, TTADatasetMapper
+from .image_reader import ImageReadError
+from .mapper import DatasetMapper, TTADatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
 
 logger = logging.getLogger(__name__)
