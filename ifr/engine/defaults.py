@@ -158,7 +158,8 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> COCOEvaluator:
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), tasks)
+    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), tasks,
+                         cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 
 
 def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
@@ -208,7 +209,7 @@ class DefaultTrainer(SimpleTrainer):
         if cfg.SOLVER.LR_SCHEDULER.MAX_ITER < 1:
             raise ConfigError(f"SOLVER.LR_SCHEDULER.MAX_ITER is {cfg.SOLVER.LR_SCHEDULER.MAX_ITER}: training needs at "
                               "least one iteration (to only evaluate, use pods_test or --eval-only)")
-        check_datasets(cfg.DATASETS.TEST)  # not only after hours of training
+        check_datasets(cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)  # not only after hours of training
         model = build_model(cfg).to(cfg.MODEL.DEVICE)
         logger.info("model:\n%s", model)
         optimizer = build_optimizer(cfg, model)
