@@ -219,5 +219,6 @@ def test_resnext_widths_the_small_presets_groupnorm_cannot_split_stop_the_run_be
     assert info.value.code == 2 and built == []
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith("ERROR: MODEL.RESNETS.NORM 'GN' normalises in 32 groups, but NUM_GROUPS 3 x WIDTH_PER_GROUP 5")
+    assert err.startswith("ERROR: MODEL.RESNETS.NORM 'GN' normalises in 32 groups, but NUM_GROUPS 3 x "
+                          "WIDTH_PER_GROUP 5")
     assert "choose NUM_GROUPS x WIDTH_PER_GROUP a multiple of 32" in err

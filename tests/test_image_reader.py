@@ -1,7 +1,9 @@
 """The one image reader (``ifr.data.read_image``): every PIL mode a file can hold is converted as a
 viewer shows it or refused with a message naming the file. Each test writes a real file with PIL."""
 import logging
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -103,6 +105,23 @@ def test_16_bit_grey_is_scaled_by_its_range_not_clipped(tmp_path, file_name, dty
     assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) > 50  # a ramp, not a white picture
 
 
+def test_48_bit_rgb_png_is_scaled_by_its_range(tmp_path):
+    """16 bits per channel RGB, written by hand (PIL cannot write it): PIL keeps each sample's high
+    byte, floor(v / 256), within 1 of the 16-bit grey's round(v / 257)."""
+    values = np.array([[[0, 0, 0], [65535, 32768, 257], [1000, 40000, 65535]]], dtype=">u2")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 3, 1, 16, 2, 0, 0, 0)  # 3 x 1, 16 bits, truecolour
+    rows = b"".join(b"\x00" + row.tobytes() for row in values)  # filter 0 on each row
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    (tmp_path / "rgb48.png").write_bytes(png)
+    out = _read(tmp_path / "rgb48.png").astype(int)
+    np.testing.assert_array_equal(out, values.astype(int) // 256)
+    assert np.abs(out - np.round(values / 257)).max() <= 1
+
+
 def test_16_bit_pgm_which_pil_opens_as_mode_i_is_scaled_like_16_bit(tmp_path):
     values = np.array([[0, 1000, 32896, 65535]], dtype=">u2")
     (tmp_path / "deep.pgm").write_bytes(b"P5\n4 1\n65535\n" + values.tobytes())
@@ -111,7 +130,8 @@ def test_16_bit_pgm_which_pil_opens_as_mode_i_is_scaled_like_16_bit(tmp_path):
     np.testing.assert_array_equal(_read(tmp_path / "deep.pgm"), _grey(np.array([[0, 4, 128, 255]], np.uint8)))
 
 
-@pytest.mark.parametrize("mode, dtype, words", [("I", np.int32, "32-bit integer"), ("F", np.float32, "32-bit floating")])
+@pytest.mark.parametrize("mode, dtype, words", [("I", np.int32, "32-bit integer"),
+                                                ("F", np.float32, "32-bit floating")])
 def test_32_bit_integer_and_float_images_are_refused_with_the_reason(tmp_path, mode, dtype, words):
     path = tmp_path / f"deep_{mode}.tif"
     Image.fromarray(np.array([[0, 1], [2, 3]], dtype=dtype)).save(path)

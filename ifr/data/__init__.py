@@ -6,5 +6,6 @@ from .coco import DatasetError, dataset_class_names, load_coco_json, register_co
 from .image_reader import ImageReadError, read_image, to_rgb
 from .mapper import DatasetMapper
 
-__all__ = ["DatasetError", "DatasetMapper", "ImageReadError", "build_test_loader", "dataset_class_names", "build_train_loader", "check_datasets", "get_dataset_dicts",
-           "get_metadata", "load_coco_json", "read_image", "register_coco_instances", "register_dataset", "registered_datasets", "to_rgb"]
+__all__ = ["DatasetError", "DatasetMapper", "ImageReadError", "build_test_loader", "dataset_class_names",
+           "build_train_loader", "check_datasets", "get_dataset_dicts", "get_metadata", "load_coco_json", "read_image",
+           "register_coco_instances", "register_dataset", "registered_datasets", "to_rgb"]

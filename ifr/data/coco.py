@@ -64,7 +64,8 @@ def load_coco_api(json_file: str) -> COCO:
 
 def _ids(values, limit: int = 10) -> str:
     values = list(values)
-    return ", ".join(str(v) for v in values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(str(v) for v in values[:limit]) + more
 
 
 def _duplicates(values) -> list:
@@ -106,7 +107,8 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
         if repeated:
             raise DatasetError(f"{json_file}: {kind} ids {_ids(repeated)} are used more than once; each {kind} needs "
                                f"its own id (pycocotools would keep only the last {kind} of each id)")
-    bad_sizes = [image["id"] for image in images if not (_is_size(image.get("width")) and _is_size(image.get("height")))]
+    bad_sizes = [image["id"] for image in images
+                 if not (_is_size(image.get("width")) and _is_size(image.get("height")))]
     if bad_sizes:
         first = next(image for image in images if image["id"] == bad_sizes[0])
         raise DatasetError(f"{json_file}: images {_ids(bad_sizes)} have a width/height that is missing or not positive "
@@ -124,15 +126,16 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
     category_ids = {category["id"] for category in categories}
     unknown = [ann for ann in annotations if ann.get("category_id") not in category_ids]
     if unknown:
+        others = f"; so are annotations {_ids([a['id'] for a in unknown[1:]])}" if len(unknown) > 1 else ""
         raise DatasetError(f"{json_file}: annotation {unknown[0]['id']} of image {unknown[0]['image_id']}: category_id "
-                           f"{unknown[0].get('category_id')} is not in the file's categories ({_ids(sorted(category_ids))})"
-                           + (f"; so are annotations {_ids([a['id'] for a in unknown[1:]])}" if len(unknown) > 1 else ""))
+                           f"{unknown[0].get('category_id')} is not in the file's categories "
+                           f"({_ids(sorted(category_ids))}){others}")
     malformed = [ann for ann in annotations if not _is_box(ann.get("bbox"))]
     if malformed:
-        raise DatasetError(f"{json_file}: annotation {malformed[0]['id']} of image {malformed[0]['image_id']}: bbox must "
-                           f"be [x, y, width, height] with width, height >= 0, got {malformed[0].get('bbox')}"
-                           + (f"; so must annotations {_ids([a['id'] for a in malformed[1:]])}" if len(malformed) > 1
-                              else ""))
+        others = f"; so must annotations {_ids([a['id'] for a in malformed[1:]])}" if len(malformed) > 1 else ""
+        raise DatasetError(f"{json_file}: annotation {malformed[0]['id']} of image {malformed[0]['image_id']}: bbox "
+                           f"must be [x, y, width, height] with width, height >= 0, got {malformed[0].get('bbox')}"
+                           f"{others}")
     return bool(orphans)
 
 
@@ -150,8 +153,8 @@ def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = N
         raise DatasetError(f"{json_file} has no annotations (or only crowd regions): COCO AP has no ground truth to "
                            "score against. Evaluate on an annotated file (DATASETS.TEST)")
     if num_classes is not None and num_classes > len(categories):
-        raise DatasetError(f"the model predicts {num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) but {json_file} has "
-                           f"{len(categories)} categories: evaluate on the dataset the model was built for, or set "
+        raise DatasetError(f"the model predicts {num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) but {json_file} "
+                           f"has {len(categories)} categories: evaluate on the dataset the model was built for, or set "
                            f"NUM_CLASSES {len(categories)} and train for these categories")
     if num_classes is not None and num_classes < len(categories):
         logger.warning("%s has %d categories but the model predicts %d classes (MODEL.ROI_HEADS.NUM_CLASSES): "

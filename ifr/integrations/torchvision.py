@@ -93,7 +93,8 @@ def replace_mask_head(model: nn.Module, head: str = "ifr", *, pretrained_steps: 
         raise ValueError(f"replace_mask_head: the RoI features have {channels} channels (model.backbone.out_channels, "
                          f"what mask_roi_pool pools) but the mask predictor takes {predictor_channels} "
                          "(roi_heads.mask_predictor.conv5_mask.in_channels); the refinement keeps the features' width, "
-                         f"so first set model.roi_heads.mask_predictor = MaskRCNNPredictor({channels}, 256, num_classes)")
+                         "so first set model.roi_heads.mask_predictor = "
+                         f"MaskRCNNPredictor({channels}, 256, num_classes)")
     if num_groups < 1 or channels % num_groups:
         raise ValueError(f"replace_mask_head: num_groups={num_groups} must be a positive divisor of the RoI features' "
                          f"{channels} channels (the block's GroupNorms split them into num_groups groups)")

@@ -91,8 +91,8 @@ class ResNetFPN(nn.Module):
                               f"and {width_per_group}")
         widths = _bottleneck_widths(num_groups, width_per_group) if block is resnet.Bottleneck else []
         if norm == "GN" and any(w % GN_GROUPS for w in widths):
-            raise ConfigError(f"MODEL.RESNETS.NORM 'GN' normalises in {GN_GROUPS} groups, but NUM_GROUPS {num_groups} x "
-                              f"WIDTH_PER_GROUP {width_per_group} makes the 3x3 convolutions of res2..res5 "
+            raise ConfigError(f"MODEL.RESNETS.NORM 'GN' normalises in {GN_GROUPS} groups, but NUM_GROUPS {num_groups} "
+                              f"x WIDTH_PER_GROUP {width_per_group} makes the 3x3 convolutions of res2..res5 "
                               f"{', '.join(map(str, widths))} channels wide, not all multiples of {GN_GROUPS}: choose "
                               f"NUM_GROUPS x WIDTH_PER_GROUP a multiple of {GN_GROUPS} (e.g. 32 x 4, or 1 x 64 for "
                               "ResNet), or NORM FrozenBN / BN")
