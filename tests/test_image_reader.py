@@ -191,6 +191,13 @@ def test_truncated_or_corrupt_files_are_an_error_naming_the_file(tmp_path, damag
         read_image(str(tmp_path / "missing.png"))
 
 
+def test_an_image_over_pils_decompression_bomb_limit_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    with pytest.raises(ImageReadError, match="huge.png is larger than PIL's limit against decompression bombs"):
+        read_image(str(tmp_path / "huge.png"))
+
+
 def test_size_disagreeing_with_the_annotation_names_file_id_and_both_sizes(tmp_path):
     Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
     record = {"file_name": str(tmp_path / "a.png"), "image_id": 17, "height": 30, "width": 20, "annotations": []}
