@@ -218,3 +218,5 @@ def test_predictor_input_is_converted_like_a_file(tmp_path):
         np.testing.assert_array_equal(np.asarray(to_rgb(image)), _read(tmp_path / "deep.png"))
     with pytest.raises(ImageReadError, match="the image holds 32-bit floating"):
         to_rgb(Image.new("F", (2, 2)))
+    with pytest.raises(ImageReadError, match="the image has PIL mode La, which this reader does not convert"):
+        to_rgb(Image.new("La", (2, 2)))  # premultiplied alpha: no file format holds it

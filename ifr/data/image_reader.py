@@ -80,19 +80,19 @@ def _converter(image: Image.Image, source: str) -> Callable[[Image.Image], Image
         return _scale_16_bit
     if image.mode in ("I", "F"):
         kind = "integer" if image.mode == "I" else "floating-point"
-        raise ImageReadError(f"image {source} holds 32-bit {kind} pixels (PIL mode {image.mode}), which have no "
+        raise ImageReadError(f"{source} holds 32-bit {kind} pixels (PIL mode {image.mode}), which have no "
                              "standard brightness range to map to 8-bit colour: save it as an 8-bit or 16-bit "
                              "image (e.g. PNG)")
     if image.mode not in _TO_RGB:
-        raise ImageReadError(f"image {source} has PIL mode {image.mode}, which this reader does not convert to RGB: "
-                             f"save it as RGB or greyscale (readable modes: {', '.join(sorted(_TO_RGB))}, I;16 and "
-                             "16-bit PGM)")
+        raise ImageReadError(f"{source} has PIL mode {image.mode}, which this reader does not convert to RGB: "
+                             f"save it as RGB or greyscale (readable modes: {', '.join(sorted(_TO_RGB))} and 16-bit "
+                             "PGM)")
     return _TO_RGB[image.mode]
 
 
 def to_rgb(image: Image.Image, source: str = "the image") -> Image.Image:
     """``image`` (any PIL mode, see the module docstring) as an 8-bit RGB image; an
-    ``ImageReadError`` naming ``source`` for the modes refused."""
+    ``ImageReadError`` whose message starts with ``source`` for the modes refused."""
     return _converter(image, source)(image)
 
 
@@ -110,7 +110,7 @@ def read_image(file_name: str) -> Image.Image:
     try:
         with Image.open(file_name) as image:
             _warn_multi_frame(image, file_name)
-            convert = _converter(image, file_name)  # from the file's own mode and format
+            convert = _converter(image, f"image {file_name}")  # from the file's own mode and format
             return convert(ImageOps.exif_transpose(image))
     except FileNotFoundError:
         raise ImageReadError(f"image {file_name} does not exist") from None
