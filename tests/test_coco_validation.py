@@ -113,7 +113,7 @@ def test_an_image_size_disagreeing_with_the_file_is_an_error_when_read(tmp_path)
 def test_annotations_of_unknown_categories_are_an_error_naming_them(tmp_path):
     json_file, images = _write(tmp_path, annotations=[_ann(1), _ann(2, category_id=99), _ann(4, category_id=98)])
     _refused(json_file, images, "annotation 2 of image 1: category_id 99 is not in the file's categories (3, 7)",
-             "so are annotations 4")
+             "annotations 4 have unknown categories too")
 
 
 @pytest.mark.parametrize("bbox", [[1, 1, -3, 4], [1, 1, 3, -0.5], [1, 1, 3], [1, 1, float("nan"), 2], "1 1 3 4"],
@@ -121,7 +121,7 @@ def test_annotations_of_unknown_categories_are_an_error_naming_them(tmp_path):
 def test_malformed_boxes_are_an_error_naming_the_annotations(tmp_path, bbox):
     json_file, images = _write(tmp_path, annotations=[_ann(1), _ann(2, bbox=bbox), _ann(3, bbox=[0, 0, -1, -1])])
     _refused(json_file, images, "annotation 2 of image 1: bbox must be [x, y, width, height] with width, height >= 0",
-             "so must annotations 3")
+             "annotations 3 have malformed bboxes too")
 
 
 def _register(tmp_path, name, **contents):

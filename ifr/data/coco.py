@@ -126,13 +126,15 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
     category_ids = {category["id"] for category in categories}
     unknown = [ann for ann in annotations if ann.get("category_id") not in category_ids]
     if unknown:
-        others = f"; so are annotations {_ids([a['id'] for a in unknown[1:]])}" if len(unknown) > 1 else ""
+        others = (f"; annotations {_ids([a['id'] for a in unknown[1:]])} have unknown categories too"
+                  if len(unknown) > 1 else "")
         raise DatasetError(f"{json_file}: annotation {unknown[0]['id']} of image {unknown[0]['image_id']}: category_id "
                            f"{unknown[0].get('category_id')} is not in the file's categories "
                            f"({_ids(sorted(category_ids))}){others}")
     malformed = [ann for ann in annotations if not _is_box(ann.get("bbox"))]
     if malformed:
-        others = f"; so must annotations {_ids([a['id'] for a in malformed[1:]])}" if len(malformed) > 1 else ""
+        others = (f"; annotations {_ids([a['id'] for a in malformed[1:]])} have malformed bboxes too"
+                  if len(malformed) > 1 else "")
         raise DatasetError(f"{json_file}: annotation {malformed[0]['id']} of image {malformed[0]['image_id']}: bbox "
                            f"must be [x, y, width, height] with width, height >= 0, got {malformed[0].get('bbox')}"
                            f"{others}")
