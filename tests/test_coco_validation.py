@@ -174,3 +174,11 @@ def test_pods_test_on_a_dataset_without_annotations_fails_before_evaluating(tmp_
     err = capsys.readouterr().err.strip()
     assert err == f"ERROR: {json_file} has no annotations (or only crowd regions): COCO AP has no ground truth to " \
                   "score against. Evaluate on an annotated file (DATASETS.TEST)"
+
+
+def test_images_without_a_file_name_are_an_error(tmp_path):
+    json_file, images = _write(tmp_path, [_image(1), _image(2, "b.png")])
+    data = json.loads(open(json_file).read())
+    del data["images"][1]["file_name"]
+    open(json_file, "w").write(json.dumps(data))
+    _refused(json_file, images, "images 2 have no file_name")
