@@ -112,3 +112,10 @@ def test_layer_validates_arguments():
         EquilibriumRefinement(nn.Identity(), mode="explicit")
     with pytest.raises(ValueError, match="num_unrolled"):
         EquilibriumRefinement(nn.Identity(), num_unrolled=0)
+
+
+@pytest.mark.parametrize("channels, num_groups", [(256, 3), (16, 0), (0, 4)])
+def test_block_refuses_groups_that_do_not_divide_its_channels_at_construction(channels, num_groups):
+    with pytest.raises(ValueError, match=rf"IFRBlock: num_groups \({num_groups}\) must be a positive divisor of "
+                                         rf"channels \({channels}\)"):
+        IFRBlock(channels, num_groups)

@@ -181,3 +181,44 @@ def test_fpn_and_head_norms_have_cvpods_names_both_ways():
         assert key in exported, key
     assert "backbone.fpn_lateral2.bias" not in exported  # bias-free convolutions before GroupNorm, as in cvpods
     assert {cvpods_to_ifr_key(k) for k in exported} == set(model.state_dict())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["MODEL.RESNETS.NUM_GROUPS", "3", "MODEL.RESNETS.WIDTH_PER_GROUP", "5"],
+     "MODEL.RESNETS.NORM 'GN' normalises in 32 groups, but NUM_GROUPS 3 x WIDTH_PER_GROUP 5 makes the 3x3 "
+     "convolutions of res2..res5 15, 30, 60, 120 channels wide"),
+    (["MODEL.FPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "48"],
+     "MODEL.FPN.NORM 'GN' normalises in 32 groups, which must divide the width of every layer it follows, but one "
+     "is 48 channels wide"),
+    (["MODEL.ROI_BOX_HEAD.NUM_CONV", "2", "MODEL.ROI_BOX_HEAD.NORM", "GN", "MODEL.ROI_BOX_HEAD.CONV_DIM", "100"],
+     "MODEL.ROI_BOX_HEAD.NORM 'GN' normalises in 32 groups, .* but one is 100 channels wide"),
+    (["MODEL.ROI_MASK_HEAD.GN_GROUPS", "3"], "MODEL.ROI_MASK_HEAD.GN_GROUPS 3 must divide the 256 channels"),
+], ids=["resnext-widths", "fpn", "box-head", "ifr-block"])
+def test_groupnorm_groups_that_do_not_divide_a_width_are_a_config_error_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_generalized_rcnn(_small_config(*overrides), mask_head="ifr")
+
+
+def test_groupnorm_in_the_4conv_mask_head_needs_a_width_it_divides():
+    with pytest.raises(ConfigError, match="MODEL.ROI_MASK_HEAD.NORM 'GN' normalises in 32 groups.* 100 channels"):
+        build_generalized_rcnn(_small_config("MODEL.ROI_MASK_HEAD.NORM", "GN", "MODEL.ROI_MASK_HEAD.CONV_DIM", "100"),
+                               mask_head="conv")
+
+
+def test_resnext_widths_the_small_presets_groupnorm_cannot_split_stop_the_run_before_building(
+        tmp_path, monkeypatch, capsys, val_subset):
+    """The issue's case, as a user runs it: the quickstart's model (ResNet-18 with GroupNorm) turned
+    into a ResNeXt-50 of 3 x 5 widths ends in one ConfigError line, before any model is built."""
+    monkeypatch.setenv("IFR_OUTPUT_ROOT", str(tmp_path))
+    built = []
+    monkeypatch.setattr("torchvision.models.resnet.ResNet.__init__", lambda *a, **k: built.append(1))
+    with pytest.raises(SystemExit) as info:
+        quickstart.main(["--max-iter", "2", "--no-progress", *TINY, "DATASETS.TEST", f"('{val_subset}',)",
+                         "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.NUM_GROUPS", "3",
+                         "MODEL.RESNETS.WIDTH_PER_GROUP", "5"])
+    assert info.value.code == 2 and built == []
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("ERROR: MODEL.RESNETS.NORM 'GN' normalises in 32 groups, but NUM_GROUPS 3 x "
+                          "WIDTH_PER_GROUP 5")
+    assert "choose NUM_GROUPS x WIDTH_PER_GROUP a multiple of 32" in err

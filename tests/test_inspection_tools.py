@@ -66,6 +66,23 @@ def test_demo_draws_the_predicted_masks(trained, tmp_path):
     assert changed[covered].float().mean() > 0.9
 
 
+def test_demo_reads_a_16_bit_png_as_the_picture_not_a_white_image(trained, tmp_path):
+    """The same picture as 8-bit and as 16-bit grey PNG (values x 257) gives the same drawing: the
+    16-bit file is scaled by its range, not clipped to a uniformly white image."""
+    with Image.open(_val_image()) as image:
+        grey = np.asarray(image.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.mode == "I;16"
+    output = tmp_path / "out"
+    demo.main(["--quickstart", "--input", str(tmp_path / "grey8.png"), str(tmp_path / "grey16.png"), "--output",
+               str(output), "--confidence-threshold", "0.0", *TINY, *LOW_THRESHOLD])
+    drawn8, drawn16 = (np.asarray(Image.open(output / f"grey{bits}.png")) for bits in (8, 16))
+    np.testing.assert_array_equal(drawn16, drawn8)
+    assert (drawn16 < 250).mean() > 0.5  # the picture, not white
+
+
 def test_demo_input_errors(trained, tmp_path):
     with pytest.raises(SystemExit) as info:
         demo.main(["--quickstart", "--input", str(tmp_path / "missing*.jpg"), *TINY])

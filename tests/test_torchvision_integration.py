@@ -1,7 +1,8 @@
 """IFR as the mask head of torchvision's Mask R-CNN (ifr.integrations.torchvision)."""
 import pytest
 import torch
-from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from ifr.data import get_dataset_dicts
 from ifr.data.mapper import DatasetMapper
@@ -131,3 +132,33 @@ def test_the_v2_model_takes_the_ifr_head_too():
     with torch.no_grad():
         out = model([torch.rand(3, 64, 80)])[0]
     assert out["masks"].shape[1:] == (1, 64, 80)
+
+
+def _maskrcnn_with_roi_width(width):
+    """A torchvision MaskRCNN whose backbone (so its RoI features) is ``width`` channels wide; its
+    default mask head maps them to 256 channels, which its default mask predictor takes."""
+    backbone = torch.nn.Conv2d(3, width, 3)
+    backbone.out_channels = width
+    return MaskRCNN(backbone, num_classes=4)
+
+
+def test_replacing_refuses_roi_features_narrower_than_the_predictor_takes():
+    model = _maskrcnn_with_roi_width(128)
+    original = model.roi_heads.mask_head
+    with pytest.raises(ValueError) as info:
+        replace_mask_head(model, head="ifr")
+    message = str(info.value)
+    assert "the RoI features have 128 channels (model.backbone.out_channels" in message
+    assert "the mask predictor takes 256 (roi_heads.mask_predictor.conv5_mask.in_channels)" in message
+    assert model.roi_heads.mask_head is original  # the model is left as it was
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(128, 256, 4)  # what the message says to do
+    head = replace_mask_head(model, head="weight_sharing", num_groups=8)
+    assert head.refinement.block.conv1.in_channels == 128
+
+
+@pytest.mark.parametrize("num_groups", [3, 0])
+def test_replacing_refuses_groups_that_do_not_divide_the_roi_width(num_groups):
+    model = _maskrcnn_with_roi_width(256)
+    with pytest.raises(ValueError, match=f"replace_mask_head: num_groups={num_groups} must be a positive divisor of "
+                                         "the RoI features' 256 channels"):
+        replace_mask_head(model, head="ifr", num_groups=num_groups)

@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader, Dataset
 from ifr.errors import UserError
 
 from .catalog import get_dataset_dicts, get_metadata
-from .coco import check_coco_paths
-from .mapper import DatasetMapper, ImageReadError, TTADatasetMapper
+from .coco import check_coco_evaluable, check_coco_paths, load_coco_api
+from .image_reader import ImageReadError
+from .mapper import DatasetMapper, TTADatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
 
 logger = logging.getLogger(__name__)
@@ -115,12 +116,15 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
                       pin_memory=_pin_memory(cfg))
 
 
-def check_datasets(dataset_names) -> None:
-    """Fails fast (before a long training run) when a dataset is unregistered or its files are missing."""
+def check_datasets(dataset_names, num_classes: int | None = None) -> None:
+    """Fails fast (before a long training run) when a test dataset is unregistered, its files are
+    missing or invalid, or COCO AP on it could score nothing (``check_coco_evaluable``, with the
+    model's ``num_classes`` when given)."""
     for name in dataset_names:
         metadata = get_metadata(name)
         if "json_file" in metadata:
             check_coco_paths(metadata["json_file"], metadata.get("image_root"))
+            check_coco_evaluable(load_coco_api(metadata["json_file"]), metadata["json_file"], num_classes)
 
 
 def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1, tta: bool = False,
@@ -129,6 +133,8 @@ def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1
     comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES; with
     ``with_boxes`` it carries its ground-truth ``instances`` (boxes, classes) at the input size."""
     records = get_dataset_dicts(dataset_name)
+    if not records:
+        raise UserError(f"dataset {dataset_name} has no images: there is nothing to evaluate")
     if with_boxes:  # the annotated mapping of training, with the test pipeline's deterministic resize
         mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=False)
     elif tta:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 
 from pycocotools.coco import COCO
@@ -49,12 +50,118 @@ def check_coco_paths(json_file: str, image_root: str | None = None) -> None:
 
 
 def load_coco_api(json_file: str) -> COCO:
+    """pycocotools' index of ``json_file``, validated (``validate_coco_dataset``)."""
     check_coco_paths(json_file)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         try:
-            return COCO(json_file)
+            coco = COCO(json_file)
         except (ValueError, KeyError, TypeError) as e:
             raise DatasetError(f"{json_file} is not a valid COCO instances file ({type(e).__name__}: {e})") from e
+        if validate_coco_dataset(coco.dataset, json_file):
+            coco.createIndex()  # without the annotations dropped
+    return coco
+
+
+def _ids(values, limit: int = 10) -> str:
+    values = list(values)
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(str(v) for v in values[:limit]) + more
+
+
+def _duplicates(values) -> list:
+    seen, repeated = set(), {}
+    for value in values:
+        if value in seen:
+            repeated[value] = None
+        seen.add(value)
+    return list(repeated)
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _is_box(bbox) -> bool:
+    """[x, y, width, height] of finite numbers with width, height >= 0 (NaN fails every comparison)."""
+    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and -math.inf < v < math.inf for v in bbox)
+            and bbox[2] >= 0 and bbox[3] >= 0)
+
+
+def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
+    """Checks a COCO instances file's contents (``COCO(json_file).dataset``) for what pycocotools
+    accepts but gets wrong: a ``DatasetError`` naming the file and the offending ids for duplicate
+    image, annotation or category ids (pycocotools keeps the last and moves or merges the others'
+    annotations), images without a file name or with a width/height that is not positive, annotations
+    whose category is not among the categories, and bboxes that are not [x, y, w, h] with w, h >= 0.
+    Annotations whose image_id is no image's are dropped from ``dataset`` (in place) with a warning:
+    pycocotools never reads them either. Returns whether any were dropped.
+
+    Whether an image's width/height is its file's is checked when the image is read (every image
+    would have to be opened here); see ``ifr.data.image_reader.check_image_size``.
+    """
+    images, annotations = dataset.get("images", []), dataset.get("annotations", [])
+    categories = dataset.get("categories", [])
+    for kind, entries in (("image", images), ("annotation", annotations), ("category", categories)):
+        repeated = _duplicates(entry["id"] for entry in entries)
+        if repeated:
+            raise DatasetError(f"{json_file}: {kind} ids {_ids(repeated)} are used more than once; each {kind} needs "
+                               f"its own id (pycocotools would keep only the last {kind} of each id)")
+    bad_sizes = [image["id"] for image in images
+                 if not (_is_size(image.get("width")) and _is_size(image.get("height")))]
+    if bad_sizes:
+        first = next(image for image in images if image["id"] == bad_sizes[0])
+        raise DatasetError(f"{json_file}: images {_ids(bad_sizes)} have a width/height that is missing or not positive "
+                           f"(image {bad_sizes[0]}: width {first.get('width')}, height {first.get('height')}); give "
+                           "each image its file's size in pixels")
+    unnamed = [image["id"] for image in images if not isinstance(image.get("file_name"), str)]
+    if unnamed:
+        raise DatasetError(f"{json_file}: images {_ids(unnamed)} have no file_name")
+    image_ids = {image["id"] for image in images}
+    orphans = [ann["id"] for ann in annotations if ann["image_id"] not in image_ids]
+    if orphans:
+        dataset["annotations"] = annotations = [ann for ann in annotations if ann["image_id"] in image_ids]
+        logger.warning("%s: dropped %d annotations whose image_id is no image's (annotations %s): they are neither "
+                       "trained on nor evaluated", json_file, len(orphans), _ids(orphans))
+    category_ids = {category["id"] for category in categories}
+    unknown = [ann for ann in annotations if ann.get("category_id") not in category_ids]
+    if unknown:
+        others = (f"; annotations {_ids([a['id'] for a in unknown[1:]])} have unknown categories too"
+                  if len(unknown) > 1 else "")
+        raise DatasetError(f"{json_file}: annotation {unknown[0]['id']} of image {unknown[0]['image_id']}: category_id "
+                           f"{unknown[0].get('category_id')} is not in the file's categories "
+                           f"({_ids(sorted(category_ids))}){others}")
+    malformed = [ann for ann in annotations if not _is_box(ann.get("bbox"))]
+    if malformed:
+        others = (f"; annotations {_ids([a['id'] for a in malformed[1:]])} have malformed bboxes too"
+                  if len(malformed) > 1 else "")
+        raise DatasetError(f"{json_file}: annotation {malformed[0]['id']} of image {malformed[0]['image_id']}: bbox "
+                           f"must be [x, y, width, height] with width, height >= 0, got {malformed[0].get('bbox')}"
+                           f"{others}")
+    return bool(orphans)
+
+
+def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = None) -> None:
+    """A ``DatasetError`` when COCO AP on ``json_file`` could score nothing: no categories, or no
+    annotation that is not a crowd region (COCOeval would report -1, "no ground truth", for every
+    metric). With ``num_classes`` (the model's MODEL.ROI_HEADS.NUM_CLASSES): an error when the model
+    predicts classes the file has no category for (contiguous ids >= its category count), a warning
+    when some categories can never be predicted (their AP is 0)."""
+    categories = coco.dataset.get("categories", [])
+    if not categories:
+        raise DatasetError(f"{json_file} has no categories: an evaluation on it has no class to score. Evaluate on "
+                           "a COCO instances file with its categories and annotations")
+    if not any(not ann.get("iscrowd", 0) for ann in coco.dataset.get("annotations", [])):
+        raise DatasetError(f"{json_file} has no annotations (or only crowd regions): COCO AP has no ground truth to "
+                           "score against. Evaluate on an annotated file (DATASETS.TEST)")
+    if num_classes is not None and num_classes > len(categories):
+        raise DatasetError(f"the model predicts {num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) but {json_file} "
+                           f"has {len(categories)} categories: evaluate on the dataset the model was built for, or set "
+                           f"NUM_CLASSES {len(categories)} and train for these categories")
+    if num_classes is not None and num_classes < len(categories):
+        logger.warning("%s has %d categories but the model predicts %d classes (MODEL.ROI_HEADS.NUM_CLASSES): "
+                       "categories %s are never predicted and score AP 0", json_file, len(categories), num_classes,
+                       _ids(sorted(c["id"] for c in categories)[num_classes:]))
 
 
 def _check_segmentation(segm, where: str):
@@ -73,7 +180,8 @@ def _check_segmentation(segm, where: str):
 
 
 def load_coco_json(json_file: str, image_root: str) -> list[dict]:
-    """Records for every image of a COCO instances file; validates each annotation."""
+    """Records for every image of a COCO instances file (validated when loaded, see
+    ``validate_coco_dataset``; segmentations are checked here)."""
     check_coco_paths(json_file, image_root)
     coco = load_coco_api(json_file)
     id_map = contiguous_category_ids(coco)
@@ -83,12 +191,8 @@ def load_coco_json(json_file: str, image_root: str) -> list[dict]:
         image = coco.imgs[image_id]
         annotations = []
         for ann in coco.imgToAnns.get(image_id, []):
-            where = f"{json_file}: annotation {ann.get('id')} of image {image_id}"
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
-                raise DatasetError(f"{where}: bbox must be [x, y, width, height] with width, height >= 0, got {bbox}")
-            if ann.get("category_id") not in id_map:
-                raise DatasetError(f"{where}: category_id {ann.get('category_id')} is not in the file's categories")
+            where = f"{json_file}: annotation {ann['id']} of image {image_id}"
+            bbox = ann["bbox"]  # validated by load_coco_api
             if bbox[2] == 0 or bbox[3] == 0:  # degenerate: nothing to learn from
                 dropped["boxes"] += 1
                 continue

@@ -1,35 +1,14 @@
 """Turns a dataset record into the model's input dict (see ``ifr.modeling.meta_arch``)."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_util
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from .coco import DatasetError
+from .image_reader import ImageReadError, check_image_size, read_image
 from .transforms import build_augmentation, to_format
-
-logger = logging.getLogger(__name__)
-
-
-class ImageReadError(DatasetError):
-    """An image file that is missing or cannot be decoded."""
-
-
-def read_image(file_name: str) -> Image.Image:
-    """An RGB PIL image with its EXIF orientation applied; a clear error for missing/corrupt files."""
-    try:
-        with Image.open(file_name) as image:
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageReadError(f"image {file_name} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ImageReadError(f"image {file_name} cannot be decoded ({e})") from None
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
@@ -63,9 +42,7 @@ class DatasetMapper:
         except ImageReadError as e:
             raise ImageReadError(f"{e}: check the dataset's image folder (replace or remove a corrupt file), or set "
                                  "DATALOADER.SKIP_CORRUPT_IMAGES True to train without it") from None
-        if (image.height, image.width) != (record["height"], record["width"]):
-            raise DatasetError(f"{record['file_name']} is {image.height}x{image.width} but its annotation says "
-                               f"{record['height']}x{record['width']}: fix the annotation file")
+        check_image_size(record, image)
         out = {"height": record["height"], "width": record["width"], "image_id": record["image_id"],
                "file_name": record["file_name"]}
         if not self.is_train:
@@ -108,6 +85,7 @@ class TTADatasetMapper:
 
     def __call__(self, record: dict) -> dict:
         image = read_image(record["file_name"])
+        check_image_size(record, image)
         views = []
         for resize in self.resizes:
             tensor = to_format(F.pil_to_tensor(resize(image)), self.image_format)

@@ -26,6 +26,9 @@ class IFRBlock(nn.Module):
 
     def __init__(self, channels: int = 256, num_groups: int = 4, weight_norm: bool = False):
         super().__init__()
+        if channels < 1 or num_groups < 1 or channels % num_groups:
+            raise ValueError(f"IFRBlock: num_groups ({num_groups}) must be a positive divisor of channels "
+                             f"({channels}): each GroupNorm normalises channels / num_groups channels together")
         conv = WeightNormConv2d if weight_norm else nn.Conv2d
         self.conv1 = conv(channels, channels, 3, padding=1, bias=False)
         self.gn1 = ShiftedGroupNorm(num_groups, channels)

@@ -192,7 +192,8 @@ def evaluated_tasks(cfg) -> tuple[str, ...]:
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> COCOEvaluator:
-    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), evaluated_tasks(cfg))
+    return COCOEvaluator(dataset_name, output_dir or os.path.join(cfg.OUTPUT_DIR, "inference"), evaluated_tasks(cfg),
+                         cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 
 
 def evaluate(cfg, model: torch.nn.Module, show_progress: bool = True) -> dict:
@@ -242,7 +243,7 @@ class DefaultTrainer(SimpleTrainer):
         if cfg.SOLVER.LR_SCHEDULER.MAX_ITER < 1:
             raise ConfigError(f"SOLVER.LR_SCHEDULER.MAX_ITER is {cfg.SOLVER.LR_SCHEDULER.MAX_ITER}: training needs at "
                               "least one iteration (to only evaluate, use pods_test or --eval-only)")
-        check_datasets(cfg.DATASETS.TEST)  # not only after hours of training
+        check_datasets(cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)  # not only after hours of training
         model = build_model(cfg).to(cfg.MODEL.DEVICE)
         logger.info("model:\n%s", model)
         optimizer = build_optimizer(cfg, model)

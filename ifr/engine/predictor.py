@@ -6,13 +6,15 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
+from ifr.data.image_reader import to_rgb
 from ifr.data.transforms import build_augmentation, to_format
 
 
 class DefaultPredictor:
-    """``predictor(image) -> instances``: the config's test resize and INPUT.FORMAT applied to an RGB
-    PIL image, then the model; detections at the image's own size (``boxes`` (D, 4) XYXY,
-    ``scores`` (D,), ``classes`` (D,), ``masks`` (D, H, W) bool)."""
+    """``predictor(image) -> instances``: the config's test resize and INPUT.FORMAT applied to a PIL
+    image (any mode ``ifr.data.read_image`` reads, converted to RGB the same way), then the model;
+    detections at the image's own size (``boxes`` (D, 4) XYXY, ``scores`` (D,), ``classes`` (D,),
+    ``masks`` (D, H, W) bool)."""
 
     def __init__(self, cfg, model: nn.Module):
         self.model = model.eval()
@@ -21,5 +23,6 @@ class DefaultPredictor:
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> dict:
+        image = to_rgb(image)
         tensor = to_format(F.pil_to_tensor(self.resize(image)), self.image_format)
         return self.model([{"image": tensor, "height": image.height, "width": image.width}])[0]["instances"]

@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
 from ifr.data.catalog import get_metadata
-from ifr.data.coco import contiguous_category_ids, load_coco_api
+from ifr.data.coco import check_coco_evaluable, contiguous_category_ids, load_coco_api
 from ifr.utils import comm
 from ifr.utils.atomic import StagedFiles, json_writer
 
@@ -47,13 +47,17 @@ def instances_to_coco_json(instances: dict, image_id: int) -> list[dict]:
 class COCOEvaluator:
     """Collects predictions with ``process`` and computes AP with ``evaluate``; writes
     ``coco_instances_results.json``, ``instances_predictions.pth`` and ``coco_eval_results.json``
-    into ``output_dir``."""
+    into ``output_dir``. A dataset on which COCO AP can score nothing (no categories or annotations,
+    or fewer categories than the model's ``num_classes``) is refused when the evaluator is built."""
 
-    def __init__(self, dataset_name: str, output_dir: str | None = None, tasks: tuple[str, ...] = ("bbox", "segm")):
+    def __init__(self, dataset_name: str, output_dir: str | None = None, tasks: tuple[str, ...] = ("bbox", "segm"),
+                 num_classes: int | None = None):
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.tasks = tuple(sorted(tasks))
-        self.coco_gt = load_coco_api(get_metadata(dataset_name)["json_file"])
+        json_file = get_metadata(dataset_name)["json_file"]
+        self.coco_gt = load_coco_api(json_file)
+        check_coco_evaluable(self.coco_gt, json_file, num_classes)
         self.contiguous_to_coco = {v: k for k, v in contiguous_category_ids(self.coco_gt).items()}
         self.class_names = [self.coco_gt.cats[self.contiguous_to_coco[i]]["name"]
                             for i in range(len(self.contiguous_to_coco))]

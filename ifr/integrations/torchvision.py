@@ -60,13 +60,15 @@ class RefinementMaskHead(nn.Module):
         return stats
 
 
-def _mask_head_channels(model: nn.Module) -> int:
+def _mask_head_channels(model: nn.Module) -> tuple[int, int]:
+    """(the RoI features' width, the mask predictor's input width) of a torchvision MaskRCNN."""
     predictor = getattr(getattr(model, "roi_heads", None), "mask_predictor", None)
     deconv = getattr(predictor, "conv5_mask", None)
-    if not isinstance(deconv, nn.ConvTranspose2d):
-        raise TypeError("replace_mask_head needs a torchvision MaskRCNN (model.roi_heads.mask_predictor.conv5_mask); "
-                        f"got {type(model).__name__}")
-    return deconv.in_channels
+    roi_channels = getattr(getattr(model, "backbone", None), "out_channels", None)
+    if not isinstance(deconv, nn.ConvTranspose2d) or not isinstance(roi_channels, int):
+        raise TypeError("replace_mask_head needs a torchvision MaskRCNN (model.backbone.out_channels and "
+                        f"model.roi_heads.mask_predictor.conv5_mask); got {type(model).__name__}")
+    return roi_channels, deconv.in_channels
 
 
 def replace_mask_head(model: nn.Module, head: str = "ifr", *, pretrained_steps: int = 0, num_unrolled: int = 4,
@@ -80,12 +82,22 @@ def replace_mask_head(model: nn.Module, head: str = "ifr", *, pretrained_steps: 
     form (``"weight_sharing"``: the plain block applied ``num_unrolled`` times). The arguments are the
     IFR head's MODEL.ROI_MASK_HEAD settings (PRETRAINED_STEPS, F_SOLVER, ...); ``solver_options`` go to
     both solvers (e.g. ``{"memory": 15}``). Every other module and weight of ``model`` is kept; the
-    block has the predictor's input width. Returns the new head."""
+    block keeps the RoI features' width, so it must be the predictor's input width, and ``num_groups``
+    must divide it (both checked here, with a ValueError naming the widths). Returns the new head."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    channels = _mask_head_channels(model)
+    channels, predictor_channels = _mask_head_channels(model)
+    if channels != predictor_channels:
+        raise ValueError(f"replace_mask_head: the RoI features have {channels} channels (model.backbone.out_channels, "
+                         f"what mask_roi_pool pools) but the mask predictor takes {predictor_channels} "
+                         "(roi_heads.mask_predictor.conv5_mask.in_channels); the refinement keeps the features' width, "
+                         "so first set model.roi_heads.mask_predictor = "
+                         f"MaskRCNNPredictor({channels}, 256, num_classes)")
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(f"replace_mask_head: num_groups={num_groups} must be a positive divisor of the RoI features' "
+                         f"{channels} channels (the block's GroupNorms split them into num_groups groups)")
     if head == "weight_sharing":
         refinement = EquilibriumRefinement(IFRBlock(channels, num_groups, weight_norm=False), mode="unrolled",
                                            num_unrolled=num_unrolled)

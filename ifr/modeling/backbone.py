@@ -18,7 +18,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ifr.config import ConfigError
 
-from .layers import conv_norm
+from .layers import GN_GROUPS, conv_norm, group_norm
 
 # depth -> (block type, blocks per stage), as torchvision's resnet18 ... resnet152 build them.
 RESNET_LAYOUTS = {18: (resnet.BasicBlock, [2, 2, 2, 2]), 34: (resnet.BasicBlock, [3, 4, 6, 3]),
@@ -29,11 +29,16 @@ NORM_LAYERS = {
     # cvpods' FrozenBN: y = (x - running_mean) / sqrt(running_var + 1e-5) * weight + bias, never updated.
     "FrozenBN": partial(FrozenBatchNorm2d, eps=1e-5),
     "BN": nn.BatchNorm2d,
-    "GN": lambda channels: nn.GroupNorm(32, channels),
+    "GN": partial(group_norm, key="MODEL.RESNETS.NORM 'GN'"),
 }
 
 _STAGES = ("res2", "res3", "res4", "res5")
 _TORCHVISION_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _bottleneck_widths(num_groups: int, width_per_group: int) -> list[int]:
+    """The 3x3 convolutions' widths of res2..res5 in torchvision's Bottleneck (its formula)."""
+    return [int(planes * (width_per_group / 64.0)) * num_groups for planes in (64, 128, 256, 512)]
 
 
 def _move_stride_to_1x1(net: resnet.ResNet) -> None:
@@ -84,6 +89,13 @@ class ResNetFPN(nn.Module):
         if num_groups < 1 or width_per_group < 1:
             raise ConfigError(f"MODEL.RESNETS.NUM_GROUPS and WIDTH_PER_GROUP must be positive, got {num_groups} "
                               f"and {width_per_group}")
+        widths = _bottleneck_widths(num_groups, width_per_group) if block is resnet.Bottleneck else []
+        if norm == "GN" and any(w % GN_GROUPS for w in widths):
+            raise ConfigError(f"MODEL.RESNETS.NORM 'GN' normalises in {GN_GROUPS} groups, but NUM_GROUPS {num_groups} "
+                              f"x WIDTH_PER_GROUP {width_per_group} makes the 3x3 convolutions of res2..res5 "
+                              f"{', '.join(map(str, widths))} channels wide, not all multiples of {GN_GROUPS}: choose "
+                              f"NUM_GROUPS x WIDTH_PER_GROUP a multiple of {GN_GROUPS} (e.g. 32 x 4, or 1 x 64 for "
+                              "ResNet), or NORM FrozenBN / BN")
         net = resnet.ResNet(block, layers, groups=num_groups, width_per_group=width_per_group,
                             norm_layer=NORM_LAYERS[norm], zero_init_residual=zero_init_residual)
         if stride_in_1x1:

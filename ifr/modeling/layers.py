@@ -1,22 +1,38 @@
 """Small layers the heads share: Caffe2's MSRA initialisation and a 3x3 conv + norm + ReLU."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ifr.config import ConfigError
 
+GN_GROUPS = 32  # cvpods' get_norm("GN")
+
+
+def group_norm(channels: int, key: str = "GroupNorm", num_groups: int = GN_GROUPS) -> nn.GroupNorm:
+    """``nn.GroupNorm(num_groups, channels)``; a ConfigError naming the ``key`` that asked for it
+    when ``num_groups`` does not divide ``channels`` (instead of torch's message from deep inside)."""
+    if channels % num_groups:
+        raise ConfigError(f"{key} normalises in {num_groups} groups, which must divide the width of every layer it "
+                          f"follows, but one is {channels} channels wide: make that width a multiple of {num_groups} "
+                          "or choose another norm")
+    return nn.GroupNorm(num_groups, channels)
+
+
 # A head's or the FPN's NORM key: "" (convolutions with bias, no norm) or "GN" (bias-free
 # convolutions followed by GroupNorm with 32 groups, cvpods' get_norm("GN")).
-CONV_NORMS = {"": None, "GN": lambda channels: nn.GroupNorm(32, channels)}
+CONV_NORMS = {"": None, "GN": group_norm}
 
 
 def conv_norm(name: str, key: str):
-    """The norm-layer constructor (or None) of ``CONV_NORMS[name]``; ``key`` names the setting in errors."""
+    """The norm-layer constructor ``channels -> module`` (or None) of ``CONV_NORMS[name]``; ``key``
+    names the setting in errors."""
     if name not in CONV_NORMS:
         raise ConfigError(f"{key} must be one of {sorted(CONV_NORMS)}, got {name!r}")
-    return CONV_NORMS[name]
+    return partial(CONV_NORMS[name], key=f"{key} {name!r}") if CONV_NORMS[name] is not None else None
 
 
 def msra_fill(module: nn.Module) -> None:

@@ -162,7 +162,7 @@ def run(args) -> None:
     config, model = load_trained_model(args)
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset to evaluate on")
-    check_datasets(config.DATASETS.TEST[:1])
+    check_datasets(config.DATASETS.TEST[:1], config.MODEL.ROI_HEADS.NUM_CLASSES)
     rows = compute_knob(config, model, settings, SolveSetting.parse(args.reference), show_progress=not args.no_progress)
     print(format_rows(rows))
 

@@ -17,8 +17,7 @@ import os
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from ifr.data import dataset_class_names, get_metadata, read_image
-from ifr.data.mapper import ImageReadError
+from ifr.data import ImageReadError, dataset_class_names, get_metadata, read_image
 from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
 from ifr.utils.atomic import write_atomically

@@ -45,7 +45,7 @@ def test_worker(args) -> None:
     default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset, e.g. DATASETS.TEST \"('coco_2017_val',)\"")
-    check_datasets(config.DATASETS.TEST)
+    check_datasets(config.DATASETS.TEST, config.MODEL.ROI_HEADS.NUM_CLASSES)
     paths = checkpoints_to_evaluate(config, args)
     for path in paths:
         model = build_model(config).to(config.MODEL.DEVICE)
