@@ -86,7 +86,8 @@ def _read_pickle(path: str) -> dict:
         raise _refusal(path, str(e), "Only pickles of plain data and numpy arrays are read; convert a trusted file "
                                      "to a .pth state dict first") from None
     except Exception as e:  # noqa: BLE001  (corrupt pickles raise many types)
-        raise CheckpointError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint or pickle of weights "
+                              f"({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a dict of weights")
     if "model" in data and "__author__" in data:  # detectron2 model-zoo format
