@@ -126,19 +126,21 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
     category_ids = {category["id"] for category in categories}
     unknown = [ann for ann in annotations if ann.get("category_id") not in category_ids]
     if unknown:
-        others = (f"; annotations {_ids([a['id'] for a in unknown[1:]])} have unknown categories too"
-                  if len(unknown) > 1 else "")
-        raise DatasetError(f"{json_file}: annotation {unknown[0]['id']} of image {unknown[0]['image_id']}: category_id "
-                           f"{unknown[0].get('category_id')} is not in the file's categories "
-                           f"({_ids(sorted(category_ids))}){others}")
+        raise _annotations_error(json_file, unknown, "unknown categories",
+                                 f"category_id {unknown[0].get('category_id')} is not in the file's categories "
+                                 f"({_ids(sorted(category_ids))})")
     malformed = [ann for ann in annotations if not _is_box(ann.get("bbox"))]
     if malformed:
-        others = (f"; annotations {_ids([a['id'] for a in malformed[1:]])} have malformed bboxes too"
-                  if len(malformed) > 1 else "")
-        raise DatasetError(f"{json_file}: annotation {malformed[0]['id']} of image {malformed[0]['image_id']}: bbox "
-                           f"must be [x, y, width, height] with width, height >= 0, got {malformed[0].get('bbox')}"
-                           f"{others}")
+        raise _annotations_error(json_file, malformed, "malformed bboxes",
+                                 f"bbox must be [x, y, width, height] with width, height >= 0, got "
+                                 f"{malformed[0].get('bbox')}")
     return bool(orphans)
+
+
+def _annotations_error(json_file: str, bad: list[dict], defect: str, problem: str) -> DatasetError:
+    """The error for annotations ``bad`` (non-empty): the first one's ``problem`` in full, the others' ids."""
+    others = f"; annotations {_ids([a['id'] for a in bad[1:]])} have {defect} too" if len(bad) > 1 else ""
+    return DatasetError(f"{json_file}: annotation {bad[0]['id']} of image {bad[0]['image_id']}: {problem}{others}")
 
 
 def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = None) -> None:
