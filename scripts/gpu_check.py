@@ -30,18 +30,14 @@ import subprocess
 import sys
 import time
 
+from ifr.tools.config_reference import config_leaves
+from ifr.utils.atomic import json_writer, write_atomically
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IFR_FOLDER = os.path.join(ROOT, "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x")
 # The tests whose CUDA cases the check runs (device-parametrised).
 CUDA_TEST_FILES = ["tests/test_block_and_layer.py", "tests/test_solvers.py", "tests/test_mask_heads.py",
                    "tests/test_implicit_backward.py", "tests/test_tta.py", "tests/test_oracle_boxes.py"]
-
-
-def write_json_atomically(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 class Report:
@@ -55,7 +51,7 @@ class Report:
     def record(self, name: str, entry: dict) -> None:
         self.data["steps"][name] = entry
         self.data["passed"] = all(s["status"] in ("ok", "skipped") for s in self.data["steps"].values())
-        write_json_atomically(self.path, self.data)
+        write_atomically(self.path, json_writer(self.data, indent=2))
         print(f"[gpu_check] {name}: {entry['status']}" + (f" ({entry['reason']})" if "reason" in entry else ""),
               flush=True)
 
@@ -117,38 +113,26 @@ def head_agreement(device: str, channels: int, rois: int) -> dict:
     with torch.no_grad():
         reference = head.double()(x.double()).float()
         head.float()
-        entry = {"status": "ok", "rois": rois, "channels": channels}
-        for name, where in (("cpu", "cpu"), (device, device)):
-            if name in entry:
-                continue
+        entry, logits = {"status": "ok", "rois": rois, "channels": channels}, {}
+        for where in dict.fromkeys(("cpu", device)):  # the CPU only once in a dry run
             moved = head.to(where)
-            logits = moved(x.to(where)).cpu()
+            logits[where] = moved(x.to(where)).cpu()
             stats = moved.refinement.last_stats
-            error = ((logits - reference).abs().max() / reference.abs().max()).item()
-            entry[name] = {"max_rel_error_vs_float64": error, "solver_steps": int(stats.iterations),
-                           "converged": float(stats.converged.float().mean()), "logits": logits}
-        head.to("cpu")
+            error = ((logits[where] - reference).abs().max() / reference.abs().max()).item()
+            entry[where] = {"max_rel_error_vs_float64": error, "solver_steps": int(stats.iterations),
+                            "converged": float(stats.converged.float().mean())}
     if device != "cpu":
-        cpu, gpu = (entry[k]["logits"] for k in ("cpu", device))
+        cpu, gpu = logits["cpu"], logits[device]
         entry["max_rel_difference_cpu_gpu"] = ((gpu - cpu).abs().max() / cpu.abs().max()).item()
         # the same solve in IEEE float32 on both: float32 rounding apart; TF32 in the solve gives ~1e-3
         if entry["max_rel_difference_cpu_gpu"] > 2e-4:
             entry.update(status="failed", reason="the GPU's masks differ from the CPU's by more than float32 noise")
-    for k in {"cpu", device}:
-        entry[k].pop("logits")
     return entry
 
 
-def flat_overrides(tree: dict, prefix: str = "") -> list[str]:
+def flat_overrides(tree: dict) -> list[str]:
     """A nested override dict as command-line KEY VALUE pairs."""
-    pairs = []
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            pairs += flat_overrides(value, name)
-        else:
-            pairs += [name, repr(value)]
-    return pairs
+    return [x for key, value in config_leaves(tree) for x in (key, repr(value))]
 
 
 def train_overrides(device: str, out: str, dry_run: bool) -> list[str]:
@@ -246,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         entry.update(status="failed", reason=f"training exited with {rc}")
     report.record("train", entry)
 
-    if entry["checkpoint"] if "checkpoint" in entry else False:
+    if entry.get("checkpoint"):
         rc, tail = run_logged(report, "test", [sys.executable, "-m", "ifr.tools.test_net", *overrides,
                                                "DATASETS.TEST", "('synthetic_shapes_val',)", "MODEL.WEIGHTS",
                                                os.path.join(train_out, "model_final.pth")],

@@ -14,6 +14,7 @@ from ifr.engine.train_loop import SimpleTrainer
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.presets import small_model_overrides
 from ifr.tools import quickstart, train_net
+from ifr.tools.config_reference import config_leaves
 from ifr.utils import comm
 
 import fake_cuda
@@ -107,17 +108,8 @@ def test_pods_train_with_two_processes_on_cpu(tmp_path, monkeypatch, val_subset,
 
 def quickstart_overrides() -> list[str]:
     """The quickstart's small model as KEY VALUE pairs, made seconds-sized with TINY."""
-    flat = []
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat.extend([prefix, repr(value)])
-
-    walk("", small_model_overrides(max_iter=4, num_workers=0))
-    return flat + TINY
+    preset = small_model_overrides(max_iter=4, num_workers=0)
+    return [x for key, value in config_leaves(preset) for x in (key, repr(value))] + TINY
 
 
 # ---- exact resume, interrupted saves, non-finite losses ----

@@ -39,3 +39,11 @@ def load_experiment(folder: str) -> tuple[object, Callable]:
     if config is None or build_model is None:
         raise UserError(f"{folder}: config.py must define `config` and net.py must define `build_model(cfg)`")
     return config, build_model
+
+
+def configured_device(folder: str, overrides: list[str]) -> str:
+    """MODEL.DEVICE of the experiment in ``folder`` with the command line's ``KEY VALUE`` overrides:
+    the launcher needs it before the processes start (it chooses their process group's backend)."""
+    config, _ = load_experiment(folder)
+    config.merge_from_list(overrides)
+    return config.MODEL.DEVICE

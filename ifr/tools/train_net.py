@@ -11,7 +11,7 @@ from ifr.engine.launch import launch
 from ifr.errors import UserError
 from ifr.utils import comm
 
-from .experiment import load_experiment, run_reporting_user_errors
+from .experiment import configured_device, load_experiment, run_reporting_user_errors
 
 logger = logging.getLogger("ifr")
 
@@ -42,11 +42,8 @@ def train_worker(args) -> None:
 
 def run(args) -> None:
     check_arguments(args)
-    # The configured device decides the process group's backend, so it is read before the processes start.
-    config, _ = load_experiment(os.getcwd())
-    config.merge_from_list(args.opts)
     launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
-           device=config.MODEL.DEVICE)
+           device=configured_device(os.getcwd(), args.opts))
 
 
 def main(argv: list[str] | None = None) -> None:
