@@ -1,7 +1,8 @@
 """The evaluator's COCO AP (faster-coco-eval) against pycocotools' COCOeval, the reference: every summary
 figure, the precision array, the per-category AP and the summary lines, bbox and segm, on the built-in
 data and on a copy of it with the cases COCO evaluation treats specially (crowd regions, an image
-without annotations, a category without ground truth, images without detections, nothing to score)."""
+without annotations, a category without ground truth, images without detections, equal scores,
+nothing to score)."""
 import contextlib
 import io
 import json
@@ -74,9 +75,10 @@ def edge_cases(val_subset, tmp_path_factory):
     return EDGE_CASES
 
 
-def detections(coco_gt: COCO, image_id: int, generator: torch.Generator) -> dict:
+def detections(coco_gt: COCO, image_id: int, generator: torch.Generator, tied_scores: bool) -> dict:
     """Two shifted copies of each object (a quarter of them with a random class) and three random false
-    positives, with random scores: the evaluator's per-image instances (contiguous class ids)."""
+    positives, with random scores (``tied_scores``: tenths, so that many are equal and the order of
+    equal scores counts): the evaluator's per-image instances (contiguous class ids)."""
     image = coco_gt.imgs[image_id]
     height, width = image["height"], image["width"]
     to_contiguous = contiguous_category_ids(coco_gt)
@@ -100,7 +102,10 @@ def detections(coco_gt: COCO, image_id: int, generator: torch.Generator) -> dict
     ys, xs = masks.any(2), masks.any(1)
     boxes = torch.stack([xs.float().argmax(1), ys.float().argmax(1), width - xs.flip(1).float().argmax(1),
                          height - ys.flip(1).float().argmax(1)], 1).float()
-    return {"boxes": boxes, "scores": torch.rand(len(classes), generator=generator), "classes": classes, "masks": masks}
+    scores = torch.rand(len(classes), generator=generator)
+    if tied_scores:
+        scores = torch.randint(1, 11, (len(classes),), generator=generator) / 10
+    return {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks}
 
 
 def evaluate_both(dataset: str, output_dir, image_indices=None, undetected=()):
@@ -112,7 +117,7 @@ def evaluate_both(dataset: str, output_dir, image_indices=None, undetected=()):
     generator = torch.Generator().manual_seed(0)
     for index in image_indices or range(len(image_ids)):
         image_id = image_ids[index]
-        instances = detections(coco_gt, image_id, generator)
+        instances = detections(coco_gt, image_id, generator, tied_scores=dataset == EDGE_CASES)
         if index in undetected:
             instances = {k: v[:0] for k, v in instances.items()}
         evaluator.process([{"image_id": image_id}], [{"instances": instances}])
