@@ -12,7 +12,7 @@ array.
 
 Run (in the virtual environment): ``python benchmarks/coco_eval_bench.py [--images 5000]
 [--detections 100] [--seed 0] [--skip-pycocotools]``. The process needs ~0.9 GiB (torch, which the
-evaluator's module imports) plus ~0.75 GiB per 1,000 images with pycocotools' run, ~4.6 GiB at the full
+evaluator's module imports) plus ~0.65 GiB per 1,000 images with pycocotools' run, ~4.2 GiB at the full
 size: ``--images 1000`` on a small machine, or ``--skip-pycocotools`` to time the project's evaluator
 alone at the full size.
 """
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-pycocotools", action="store_true",
-                        help="time the project's evaluator alone (pycocotools' run needs ~0.75 GiB per 1,000 images)")
+                        help="time the project's evaluator alone (pycocotools' run needs ~0.65 GiB per 1,000 images)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
