@@ -18,6 +18,9 @@ setup(
         "matplotlib>=3.8",
         "pillow",
         "pycocotools>=2.0.7",
+        # COCO AP (ifr/evaluation/coco_evaluation.py): 1.8.0 is the release checked equal to pycocotools'
+        # COCOeval (tests/test_coco_metrics.py) and benchmarked; below 2, whose API may change.
+        "faster-coco-eval>=1.8.0,<2",
         "tabulate>=0.9",
         "tensorboard>=2.14",
         "tqdm>=4.60",

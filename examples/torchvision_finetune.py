@@ -1,6 +1,6 @@
 """Train a torchvision Mask R-CNN whose mask head is IFR on the built-in synthetic shapes, with
 torchvision's own conventions (a list of image tensors, target dicts, a dict of losses), on the CPU,
-then evaluate it with pycocotools.
+then evaluate it with the project's COCO evaluator.
 
     python examples/torchvision_finetune.py [--iterations 300] [--head ifr|weight_sharing|conv]
         [--weights maskrcnn_resnet50_fpn_coco.pth]    # fine-tune torchvision's COCO model (a local file)
@@ -49,7 +49,7 @@ def build_model(weights: str | None) -> nn.Module:
 
 
 def evaluate(model: nn.Module, dataset: str = "synthetic_shapes_val") -> dict:
-    """COCO box and mask AP (pycocotools, through the project's evaluator) of torchvision outputs."""
+    """COCO box and mask AP (through the project's evaluator) of torchvision outputs."""
     evaluator = COCOEvaluator(dataset, output_dir=None)
     mapper = DatasetMapper([], "BGR", is_train=False)
     model.eval()
