@@ -41,10 +41,11 @@ CUDA_TEST_FILES = ["tests/test_block_and_layer.py", "tests/test_solvers.py", "te
 
 
 class Report:
-    """The results file: one entry per step, written whole after each."""
+    """The results file: one entry per step, written whole after each. ``timeout_scale`` multiplies each
+    step's time limit (the limits fit an idle machine; a loaded one needs more)."""
 
-    def __init__(self, out: str, deadline: float):
-        self.out, self.deadline = out, deadline
+    def __init__(self, out: str, deadline: float, timeout_scale: float = 1.0):
+        self.out, self.deadline, self.timeout_scale = out, deadline, timeout_scale
         self.path = os.path.join(out, "gpu_check.json")
         self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": {}}
 
@@ -61,9 +62,11 @@ class Report:
 
 def run_logged(report: Report, name: str, command: list[str], timeout: float, cwd: str = ROOT,
                env: dict | None = None) -> tuple[int, str]:
-    """Runs ``command`` with its output in OUT/<name>.log; (exit status, the log's last lines)."""
+    """Runs ``command`` with its output in OUT/<name>.log; (exit status, the log's last lines). A command
+    still running after ``timeout`` seconds (times the report's scale) is killed: exit status 124, and the
+    log's last line says so."""
     log = os.path.join(report.out, f"{name}.log")
-    timeout = min(timeout, max(report.time_left(), 1.0))
+    timeout = min(timeout * report.timeout_scale, max(report.time_left(), 1.0))
     with open(log, "w") as f:
         f.write("$ " + " ".join(command) + "\n")
         f.flush()
@@ -72,6 +75,8 @@ def run_logged(report: Report, name: str, command: list[str], timeout: float, cw
                                 stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = 124
+            f.write(f"\n[gpu_check] {name} stopped after its time limit of {timeout:.0f} s (on a loaded machine, "
+                    f"give the steps more time with --timeout-scale)\n")
     tail = open(log).read().splitlines()[-15:]
     return rc, "\n".join(tail)
 
@@ -197,11 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole check (default 470; unlimited in a dry run): steps that would "
                              "start later are recorded as skipped")
+    parser.add_argument("--timeout-scale", type=float, default=1.0,
+                        help="multiplies each step's time limit (default 1: limits that fit an idle machine; a step "
+                             "still running past its limit is stopped and recorded as failed)")
     args = parser.parse_args(argv)
+    if not args.timeout_scale > 0:
+        parser.error(f"--timeout-scale must be > 0, got {args.timeout_scale}")
     device = "cpu" if args.dry_run else "cuda"
     os.makedirs(args.out, exist_ok=True)
     budget = args.budget if args.budget is not None else (float("inf") if args.dry_run else 470.0)
-    report = Report(args.out, time.monotonic() + budget)
+    report = Report(args.out, time.monotonic() + budget, args.timeout_scale)
     env = {"IFR_DATASETS": os.path.join(args.out, "datasets"), "PYTHONPATH": os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
 

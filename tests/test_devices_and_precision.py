@@ -12,6 +12,7 @@ import torch
 from ifr.config import ConfigError, RCNNFPNConfig
 from ifr.deq import (EquilibriumRefinement, IFRBlock, ImplicitBackward, SolverConfig, SyncPolicy, broyden_solve,
                      ieee_float32)
+from ifr.deq.precision import tf32_settings
 from ifr.deq.solvers import anderson_solve, fixed_point_solve
 from ifr.engine import launch as launch_module
 from ifr.modeling.box_coder import SCALE_CLAMP, Float32BoxCoder
@@ -133,19 +134,22 @@ def test_proposals_and_sampled_boxes_stay_float32_in_mixed_precision_training(mo
 
 # ---- TF32 off inside the solves ----
 
-def _tf32_switches():
-    return (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+def _ieee_settings():
+    """What ``tf32_settings()`` reads with TF32 off, in this torch's API (per-backend from torch 2.9)."""
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        return ("ieee", "ieee", "ieee")
+    return (False, False)
 
 
 def test_ieee_float32_scopes_the_switches_and_restores_them():
-    before = _tf32_switches()
+    before = tf32_settings()
     with pytest.raises(RuntimeError):
         with ieee_float32():
-            assert _tf32_switches() == ("ieee", "ieee")
+            assert tf32_settings() == _ieee_settings()
             raise RuntimeError("inside")
-    assert _tf32_switches() == before
+    assert tf32_settings() == before
     with ieee_float32(enabled=False):
-        assert _tf32_switches() == before
+        assert tf32_settings() == before
 
 
 class _RecordingBlock(IFRBlock):
@@ -156,7 +160,7 @@ class _RecordingBlock(IFRBlock):
         self.switches = []
 
     def forward(self, z, x):
-        self.switches.append(_tf32_switches())
+        self.switches.append(tf32_settings())
         return super().forward(z, x)
 
 
@@ -167,15 +171,15 @@ def test_forward_and_adjoint_solves_run_without_tf32_unless_allowed(allow_tf32):
     layer = EquilibriumRefinement(block, mode="implicit", solver=solver,
                                   backward=ImplicitBackward(solver, allow_tf32=allow_tf32), allow_tf32=allow_tf32)
     x = torch.randn(3, 8, 5, 5, requires_grad=True)
-    outside = _tf32_switches()
+    outside = tf32_settings()
     layer(x).square().sum().backward()
     adjoint_steps = int(layer.backward_strategy.last_stats.iterations)
     assert adjoint_steps > 0
-    expected = outside if allow_tf32 else ("ieee", "ieee")
+    expected = outside if allow_tf32 else _ieee_settings()
     # every evaluation but the one differentiable step f(z*) (evaluated outside the solve) is a solve's
     solves = [s for i, s in enumerate(block.switches) if i != len(block.switches) - 1]
     assert solves and all(s == expected for s in solves)
-    assert _tf32_switches() == outside
+    assert tf32_settings() == outside
 
 
 # ---- host syncs of the solvers ----
@@ -288,17 +292,32 @@ def test_the_mask_head_layout_and_solve_settings_follow_the_device(reports_a_gpu
 
 # ---- installing into the user's environment ----
 
-def test_setup_states_ranges_and_the_tested_pair_is_pinned_separately():
+def test_setup_states_ranges_ci_pins_both_ends_and_the_installed_pair_is_in_range():
+    """setup.py states ranges (a user's torch is kept); constraints.txt pins the newest tested pair and
+    constraints-lower.txt the range's lower bound (CI runs the suite with each); the installed pair, whichever
+    it is, lies in the range."""
+    import torchvision
+    from packaging.version import Version
+
     tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
     requires = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
                     for k in node.keywords if k.arg == "install_requires")
-    torch_specs = [r for r in requires if re.match(r"torch(vision)?\b", r)]
-    assert len(torch_specs) == 2 and all(">=" in r and "==" not in r for r in torch_specs)
-    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", open(os.path.join(ROOT, "constraints.txt")).read(), re.M))
-    assert set(pins) == {"torch", "torchvision"}
-    import torchvision
-    assert torch.__version__.split("+")[0] == pins["torch"]
-    assert torchvision.__version__.split("+")[0] == pins["torchvision"]
+    lower = dict(re.findall(r"^(torch|torchvision)>=([\d.]+)$", "\n".join(requires), re.M))
+    assert set(lower) == {"torch", "torchvision"} and not [r for r in requires if re.match(r"torch(vision)?==", r)]
+
+    def pins(name):
+        return dict(re.findall(r"^(torch|torchvision)==(\S+)$", open(os.path.join(ROOT, name)).read(), re.M))
+
+    lowest = pins("constraints-lower.txt")
+    assert set(lowest) == {"torch", "torchvision"}
+    assert all(Version(lowest[name]) == Version(lower[name]) for name in lower), (lowest, lower)
+    newest = pins("constraints.txt")
+    assert set(newest) == {"torch", "torchvision"}
+    assert all(Version(newest[name]) >= Version(lower[name]) for name in lower)
+    installed = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    for name, version in installed.items():
+        assert Version(version.split("+")[0]) >= Version(lower[name]), (
+            f"{name} {version} is below setup.py's lower bound {lower[name]}")
 
 
 def test_solver_config_hands_the_per_device_policy_to_per_sample_solvers_only(monkeypatch):

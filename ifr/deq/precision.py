@@ -28,6 +28,12 @@ def _precision_settings() -> list[tuple[object, str]]:
     return [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
 
 
+def tf32_settings() -> tuple:
+    """The current values of this torch's TF32 switches (see ``_precision_settings``): ("ieee" | "tf32" |
+    "none", ...) on torch >= 2.9, (allow_tf32 of cuDNN, of CUDA matmuls) before."""
+    return tuple(getattr(obj, name) for obj, name in _precision_settings())
+
+
 def set_tf32(enabled: bool) -> None:
     """Sets torch's process-wide TF32 switches for cuDNN convolutions and CUDA matmuls (what a user's
     script would set), in the API this torch has."""
@@ -43,7 +49,7 @@ def ieee_float32(enabled: bool = True) -> Iterator[None]:
         yield
         return
     settings = _precision_settings()
-    saved = [getattr(obj, name) for obj, name in settings]
+    saved = tf32_settings()
     try:
         set_tf32(False)
         yield

@@ -1,0 +1,68 @@
+"""scripts/test.sh runs the paths it is given (else the suite in tests/), and scripts/env.sh installs with
+the constraints file IFR_CONSTRAINTS names, re-installing when that choice changes. Both run here against a
+fake environment whose python records its arguments, so nothing is installed and no test runs."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from helpers import ROOT
+
+FAKE_PYTHON = '#!/bin/sh\necho "$*" >> "$IFR_FAKE_LOG"\n'
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A copy of the checkout's scripts and install files, with a fake environment in .venv."""
+    root = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "scripts"), root / "scripts")
+    for name in ("setup.py", "constraints.txt", "constraints-lower.txt"):
+        shutil.copy(os.path.join(ROOT, name), root / name)
+    (root / "tests").mkdir()
+    (root / "tests" / "test_a.py").write_text("")
+    for venv in (".venv", ".venv-lower"):
+        (root / venv / "bin").mkdir(parents=True)
+        (root / venv / "bin" / "python").write_text(FAKE_PYTHON)
+        (root / venv / "bin" / "python").chmod(0o755)
+        (root / venv / "bin" / "activate").write_text(f'PATH="{root / venv / "bin"}:$PATH"\n')
+    return root
+
+
+def _run(checkout, *arguments, cwd=None, **env):
+    log = checkout / "calls.log"
+    log.unlink(missing_ok=True)
+    done = subprocess.run(["bash", str(checkout / "scripts" / "test.sh"), *arguments], cwd=cwd or checkout,
+                          env={"PATH": "/usr/bin:/bin", "IFR_FAKE_LOG": str(log), **env}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return log.read_text().splitlines()
+
+
+def test_test_sh_runs_the_paths_it_names_else_the_whole_suite(checkout):
+    a = checkout / "tests" / "test_a.py"
+    assert _run(checkout)[-1] == "-m pytest -q tests"
+    assert _run(checkout, "tests/test_a.py")[-1] == f"-m pytest -q {a}"
+    assert _run(checkout, "tests/test_a.py::test_x", "-x")[-1] == f"-m pytest -q {a}::test_x -x"
+    # relative to where it is called from (env.sh runs pytest from the checkout's root)
+    assert _run(checkout, "test_a.py", cwd=checkout / "tests")[-1] == f"-m pytest -q {a}"
+    # options only, even when an option's value happens to name a file: the whole suite
+    assert _run(checkout, "-k", "tests", "-x")[-1] == "-m pytest -q tests -k tests -x"
+
+
+def test_env_sh_installs_with_the_chosen_constraints_and_reinstalls_when_the_choice_changes(checkout):
+    def installs(calls):
+        return [c for c in calls if c.startswith("-m pip install -q -c")]
+
+    assert installs(_run(checkout)) == [f"-m pip install -q -c {checkout}/constraints.txt -e {checkout}[test]"]
+    assert installs(_run(checkout)) == []  # stamped: nothing to install
+    lower = dict(IFR_CONSTRAINTS="constraints-lower.txt", IFR_VENV=str(checkout / ".venv-lower"))
+    assert installs(_run(checkout, **lower)) == [
+        f"-m pip install -q -c {checkout}/constraints-lower.txt -e {checkout}[test]"]
+    assert installs(_run(checkout, **lower)) == []
+    # the same environment switched to the other constraints file is re-installed
+    assert len(installs(_run(checkout, IFR_CONSTRAINTS="constraints-lower.txt"))) == 1
+    done = subprocess.run(["bash", str(checkout / "scripts" / "test.sh")], cwd=checkout, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "IFR_CONSTRAINTS": "constraints-newest.txt"})
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "constraints-newest.txt, which is not a file" in done.stderr
