@@ -273,7 +273,8 @@ def _train_box_head(output: str) -> None:
 
     rank, world = comm.get_rank(), comm.get_world_size()
     model = _faster_rcnn_v2()
-    head = replace_box_head(model, "ifr", pretrained_steps=1, num_groups=4, f_tol=1e-8, b_tol=1e-8, f_thres=40, b_thres=40)
+    head = replace_box_head(model, "ifr", pretrained_steps=1, num_groups=4, f_tol=1e-8, b_tol=1e-8, f_thres=40,
+                            b_thres=40)
     trained = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
     share = 4 // world
