@@ -96,7 +96,7 @@ INTEGRATIONS = {
     "keypoint": (_keypoint_rcnn, replace_keypoint_head, {"num_groups": 4}, True),
     "box": (_faster_rcnn_v2, replace_box_head, {"num_groups": 4}, False),
     "retinanet": (_retinanet_v2, replace_dense_head_towers, {"num_groups": 4}, False),
-    "fcos_joint": (_fcos, replace_dense_head_towers, {"num_groups": 8, "levels": "joint"}, False),
+    "fcos_separate": (_fcos, replace_dense_head_towers, {"num_groups": 8, "levels": "separate"}, False),
 }
 
 
@@ -123,7 +123,7 @@ def test_each_form_trains_then_evaluates(stock_models, name, form):
     model = _replaced(stock_models, name, form)
     images = [torch.rand(3, 48, 56, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     towers = _towers(model)
-    assert len(towers) == (0 if form == "explicit" else 2 if name in ("retinanet", "fcos_joint") else 1)
+    assert len(towers) == (0 if form == "explicit" else 2 if name in ("retinanet", "fcos_separate") else 1)
     model.train()
     for _ in range(2):
         losses = model(images, _targets(keypoints))
@@ -151,7 +151,7 @@ def test_the_state_dict_round_trips_and_keeps_torchvision_keys(stock_models, nam
     state = model.state_dict()
     restored.load_state_dict(state)
     replaced = {"keypoint": "roi_heads.keypoint_head.tower.", "box": "roi_heads.box_head.tower.",
-                "retinanet": "head.classification_head.conv.", "fcos_joint": "head.classification_head.conv."}[name]
+                "retinanet": "head.classification_head.conv.", "fcos_separate": "head.classification_head.conv."}[name]
     assert replaced + "refinement.block.conv1.weight_g" in state and replaced + "step" in state
     # torchvision's names for everything not replaced (the widening conv, the FC, the predictors, ...)
     stock = set(stock_models[name].state_dict())

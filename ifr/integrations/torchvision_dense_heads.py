@@ -11,8 +11,13 @@ level's features::
 
 The branch calls its tower once per level; a forward pre-hook on the branch (``LevelTower.begin``) hands
 the tower the whole list of levels first, so that its step advances once per forward (not per level) and,
-with ``levels="joint"``, all levels of an image are solved at once (``RefinementTower.forward_levels``).
-``levels="separate"`` (the default: the faster on the CPU, BENCHMARKS.md) solves each level on its own.
+with ``levels="joint"`` (the default), all levels of an image are solved at once
+(``RefinementTower.forward_levels``); ``levels="separate"`` solves each level on its own. Joint is the
+default because it is the faster on the CPU (BENCHMARKS.md, ``benchmarks/dense_levels_bench.py``: 0.87x the
+time at inference, 0.76x for a training step, at the same number of block evaluations): one solve has
+one solver's bookkeeping per step (Broyden's updates, the residual tests and their host syncs) and one
+adjoint solve in the backward, where separate solves have five of each; what separate solves could save,
+further steps of the small levels once they converge, is cheap (P4-P7 together are about a third of P3).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ class LevelTower(CountedTower):
     form) solves them all at once; the per-level calls that follow return those results. Called without
     ``begin`` (e.g. directly), it is a ``CountedTower``."""
 
-    def __init__(self, channels: int, num_layers: int = 4, form: str = "ifr", *, levels: str = "separate",
+    def __init__(self, channels: int, num_layers: int = 4, form: str = "ifr", *, levels: str = "joint",
                  **tower_arguments):
         super().__init__(channels, num_layers, form, **tower_arguments)
         if levels not in LEVEL_SOLVES:
@@ -76,13 +81,14 @@ def _branches(model: nn.Module) -> dict[str, nn.Module]:
     return branches
 
 
-def replace_dense_head_towers(model: nn.Module, head: str = "ifr", *, levels: str = "separate",
+def replace_dense_head_towers(model: nn.Module, head: str = "ifr", *, levels: str = "joint",
                               num_unrolled: int | None = None, num_groups: int = 32, count_steps: bool = True,
                               **settings) -> dict[str, nn.Module]:
     """Replaces the towers ``conv`` of ``model.head.classification_head`` and ``model.head.regression_head``
     (in place) with a ``LevelTower`` each, of ``head`` form at the FPN's width: ``"ifr"`` (the weight-normed
     IFR block solved to its fixed point on each level, injected with the level's features; ``levels``:
-    "separate" solves each level on its own, "joint" all levels of an image at once), ``"weight_sharing"``
+    "joint", the default and the faster, solves all levels of an image at once, "separate" each level on
+    its own), ``"weight_sharing"``
     (the block applied ``num_unrolled`` times) or ``"explicit"`` (the stock towers, left as they are).
     ``num_unrolled`` defaults to the stock towers' depth (4); ``num_groups`` (GroupNorm groups of the
     block, as the stock towers' 32 by default) must divide the width. ``settings``: as for
