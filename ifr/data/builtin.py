@@ -55,8 +55,9 @@ def _paths(folder: str, json_file: str, image_dir: str, synthetic: bool) -> dict
         ensure_synthetic_dataset(base, generator)
     metadata = {"thing_classes": generator.classes if generator else COCO_THING_CLASSES}
     if generator is not None and generator.keypoints is not None:
-        metadata.update(keypoint_names=generator.keypoints.names, keypoint_flip_pairs=generator.keypoints.flip_pairs,
-                        keypoint_oks_sigmas=generator.keypoints.oks_sigmas)
+        schema = generator.keypoints
+        metadata.update(keypoint_names=schema.names, keypoint_flip_pairs=schema.flip_pairs,
+                        keypoint_oks_sigmas=schema.oks_sigmas, keypoint_skeleton=schema.skeleton)
     return {"json_file": os.path.join(base, json_file), "image_root": os.path.join(base, image_dir),
             "evaluator_type": "coco", "synthetic": synthetic, **metadata}
 
