@@ -16,48 +16,19 @@ optimizer steps under gradient accumulation. The IFR schedule uses the unrolled 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, PhantomBackward, SolverConfig
+from ifr.deq.solvers import CUDA_CHECK_PERIOD
+from ifr.deq.tower import check_tower
+
+from .counted_tower import CountedTower, tower_settings
 
 HEADS = ("ifr", "weight_sharing")
-BACKWARDS = ("implicit", "phantom")
 
 
-class RefinementMaskHead(nn.Module):
-    """(R, C, H, W) pooled RoI features -> the same shape, refined by ``refinement``; counts training
-    calls in ``step`` (see the module docstring) and hands it to the IFR schedule."""
-
-    def __init__(self, refinement: EquilibriumRefinement, count_steps: bool = True):
-        super().__init__()
-        self.refinement = refinement
-        self.count_steps = count_steps
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return self.refinement(features)
-        out = self.refinement(features, iteration=int(self.step))
-        if self.count_steps:
-            self.step += 1
-        return out
-
-    @property
-    def mode(self) -> str:
-        """The mode the next training call uses: "unrolled" or "implicit"."""
-        return self.refinement.resolve_mode(int(self.step)) if self.training else self.refinement.resolve_mode(None)
-
-    def solver_stats(self) -> dict[str, float]:
-        """Scalars of the last forward and backward solves for logging (empty after an unrolled call):
-        ``forward_iterations``, ``forward_rel_residual``, ``forward_diverged``, ``backward_*``."""
-        stats = {}
-        solves = {"forward": self.refinement.last_stats,
-                  "backward": getattr(self.refinement.backward_strategy, "last_stats", None)}
-        for kind, record in solves.items():
-            if record is not None:
-                stats.update({f"{kind}_{k}": v for k, v in record.summary().items()})
-        return stats
+class RefinementMaskHead(CountedTower):
+    """torchvision's ``roi_heads.mask_head`` as a refinement: (R, C, H, W) pooled RoI features -> the same
+    shape, refined by the tower's ``refinement`` (``CountedTower``: counts training calls in ``step``)."""
 
 
 def _mask_head_channels(model: nn.Module) -> tuple[int, int]:
@@ -75,7 +46,9 @@ def replace_mask_head(model: nn.Module, head: str = "ifr", *, pretrained_steps: 
                       f_solver: str = "broyden", f_thres: int = 15, f_tol: float = 1e-4, b_solver: str = "broyden",
                       b_thres: int = 15, b_tol: float = 1e-4, stop_mode: str = "rel", solver_options: dict | None = None,
                       backward: str = "implicit", phantom_steps: int = 1, phantom_damping: float = 1.0,
-                      num_groups: int = 4, count_steps: bool = True) -> RefinementMaskHead:
+                      num_groups: int = 4, count_steps: bool = True, allow_tf32: bool = False,
+                      cuda_check_period: int = CUDA_CHECK_PERIOD, jacobian_weight: float = 0.0,
+                      jacobian_frequency: float = 1.0, jacobian_probes: int = 1) -> RefinementMaskHead:
     """Replaces ``model.roi_heads.mask_head`` (in place) with the IFR refinement (``head="ifr"``: the
     weight-normed block, ``num_unrolled`` unrolled steps for the first ``pretrained_steps`` training
     calls, then the fixed point by ``f_solver`` with the ``backward`` gradient) or the weight-sharing
@@ -83,11 +56,17 @@ def replace_mask_head(model: nn.Module, head: str = "ifr", *, pretrained_steps: 
     IFR head's MODEL.ROI_MASK_HEAD settings (PRETRAINED_STEPS, F_SOLVER, ...); ``solver_options`` go to
     both solvers (e.g. ``{"memory": 15}``). Every other module and weight of ``model`` is kept; the
     block keeps the RoI features' width, so it must be the predictor's input width, and ``num_groups``
-    must divide it (both checked here, with a ValueError naming the widths). Returns the new head."""
+    must divide it (both checked here, with a ValueError naming the widths). Returns the new head
+    (a ``RefinementTower``: with ``jacobian_weight`` > 0, add its ``last_jacobian_loss``, when not None,
+    to the losses)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    settings = tower_settings("replace_mask_head", head, pretrained_steps=pretrained_steps, f_solver=f_solver,
+                              f_thres=f_thres, f_tol=f_tol, b_solver=b_solver, b_thres=b_thres, b_tol=b_tol,
+                              stop_mode=stop_mode, solver_options=solver_options, backward=backward,
+                              phantom_steps=phantom_steps, phantom_damping=phantom_damping, allow_tf32=allow_tf32,
+                              cuda_check_period=cuda_check_period, jacobian_weight=jacobian_weight,
+                              jacobian_frequency=jacobian_frequency, jacobian_probes=jacobian_probes)
     channels, predictor_channels = _mask_head_channels(model)
     if channels != predictor_channels:
         raise ValueError(f"replace_mask_head: the RoI features have {channels} channels (model.backbone.out_channels, "
@@ -95,21 +74,9 @@ def replace_mask_head(model: nn.Module, head: str = "ifr", *, pretrained_steps: 
                          "(roi_heads.mask_predictor.conv5_mask.in_channels); the refinement keeps the features' width, "
                          "so first set model.roi_heads.mask_predictor = "
                          f"MaskRCNNPredictor({channels}, 256, num_classes)")
-    if num_groups < 1 or channels % num_groups:
-        raise ValueError(f"replace_mask_head: num_groups={num_groups} must be a positive divisor of the RoI features' "
-                         f"{channels} channels (the block's GroupNorms split them into num_groups groups)")
-    if head == "weight_sharing":
-        refinement = EquilibriumRefinement(IFRBlock(channels, num_groups, weight_norm=False), mode="unrolled",
-                                           num_unrolled=num_unrolled)
-    else:
-        options = dict(solver_options or {})
-        gradient = (ImplicitBackward(SolverConfig(b_solver, b_thres, b_tol, stop_mode, options))
-                    if backward == "implicit" else PhantomBackward(phantom_steps, phantom_damping))
-        refinement = EquilibriumRefinement(IFRBlock(channels, num_groups, weight_norm=True), mode="scheduled",
-                                           num_unrolled=num_unrolled, pretrained_steps=pretrained_steps,
-                                           solver=SolverConfig(f_solver, f_thres, f_tol, stop_mode, options),
-                                           backward=gradient)
+    check_tower(channels, num_unrolled, head, "group", num_groups, "replace_mask_head", "the RoI features'")
     device = next(model.parameters()).device
-    new_head = RefinementMaskHead(refinement, count_steps).to(device)
+    new_head = RefinementMaskHead(channels, num_unrolled, head, num_groups=num_groups, count_steps=count_steps,
+                                  **settings).to(device)
     model.roi_heads.mask_head = new_head
     return new_head

@@ -15,7 +15,7 @@ from torch import nn
 
 from ifr.config import ConfigError, RCNNFPNConfig
 from ifr.config.support import non_default
-from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, PhantomBackward, SolverConfig
+from ifr.deq import EquilibriumRefinement, IFRBlock, ImplicitBackward, PhantomBackward, RefinementTower, SolverConfig
 
 from .layers import Conv3x3NormReLU, msra_fill
 
@@ -69,8 +69,10 @@ class ConvUpsampleMaskHead(_UpsamplePredictor):
         return self.predict(x)
 
 
-class RefinementMaskHead(_UpsamplePredictor):
-    """A head whose features come from an ``EquilibriumRefinement`` of the pooled RoI features.
+class RefinementMaskHead(RefinementTower, _UpsamplePredictor):
+    """A head whose features come from a ``RefinementTower`` around an ``EquilibriumRefinement`` of the
+    pooled RoI features (the tower that replaces the 4 convs; its ``refinement`` keeps the released
+    checkpoints' parameter names ``refinement.block.*``).
 
     With ``mode="unrolled"`` it is the weight-sharing head (the block applied N times); with
     ``mode="scheduled"`` it is the IFR head (unrolled for the first ``pretrained_steps`` training
@@ -81,40 +83,25 @@ class RefinementMaskHead(_UpsamplePredictor):
     ``jacobian_frequency`` of the implicit training iterations (evenly spread, no randomness), the head
     leaves ``jacobian_weight`` x a ``jacobian_probes``-probe estimate of ||J||_F^2 / numel at the
     equilibrium in ``last_jacobian_loss`` (the ROI heads add it to the losses as ``loss_jacobian``);
-    otherwise ``last_jacobian_loss`` is None.
+    otherwise ``last_jacobian_loss`` is None (``RefinementTower``).
     """
 
     def __init__(self, refinement: EquilibriumRefinement, conv_dim: int = 256, num_classes: int = 80,
                  cls_agnostic: bool = False, channels_last: bool = False, jacobian_weight: float = 0.0,
                  jacobian_frequency: float = 1.0, jacobian_probes: int = 1):
-        super().__init__(conv_dim, num_classes, cls_agnostic, channels_last)
+        _UpsamplePredictor.__init__(self, conv_dim, num_classes, cls_agnostic, channels_last)
+        # The same conditions the tower checks, named by the config keys that set them.
         if jacobian_weight > 0 and not isinstance(refinement.backward_strategy, ImplicitBackward):
             raise ConfigError("MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT > 0 needs BACKWARD implicit (the estimate uses "
                               "the implicit backward's f(z*) graph)")
         if not 0.0 < jacobian_frequency <= 1.0 or jacobian_probes < 1:
             raise ConfigError(f"MODEL.ROI_MASK_HEAD.JACOBIAN_FREQUENCY must be in (0, 1] and JACOBIAN_PROBES >= 1, "
                               f"got {jacobian_frequency} and {jacobian_probes}")
-        self.refinement = refinement
-        self.jacobian_weight, self.jacobian_frequency, self.jacobian_probes = \
-            jacobian_weight, jacobian_frequency, jacobian_probes
-        self.last_jacobian_loss: torch.Tensor | None = None
+        self.use_refinement(refinement, jacobian_weight, jacobian_frequency, jacobian_probes)
         self._store_weights_in_layout()
 
-    def _regularised(self, iteration: int | None) -> bool:
-        if not (self.training and self.jacobian_weight > 0 and iteration is not None):
-            return False
-        return int((iteration + 1) * self.jacobian_frequency) > int(iteration * self.jacobian_frequency)
-
     def forward(self, x: torch.Tensor, iteration: int | None = None) -> torch.Tensor:
-        regularised = self._regularised(iteration)
-        backward = self.refinement.backward_strategy
-        if isinstance(backward, ImplicitBackward):
-            backward.jacobian_probes = self.jacobian_probes if regularised else 0
-        features = self.refinement(self.in_layout(x), iteration=iteration)
-        implicit = self.refinement.last_stats is not None  # an unrolled call leaves no solve statistics
-        self.last_jacobian_loss = self.jacobian_weight * backward.last_jacobian \
-            if regularised and implicit and backward.last_jacobian is not None else None
-        return self.predict(features)
+        return self.predict(super().forward(self.in_layout(x), iteration))
 
 
 def mask_rcnn_loss(logits: torch.Tensor, gt_classes: torch.Tensor, gt_masks: torch.Tensor) -> torch.Tensor:
