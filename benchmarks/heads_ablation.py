@@ -121,12 +121,15 @@ def main() -> None:
     parser.add_argument("--finished-only", action="store_true", help="report the finished runs only; train none")
     args = parser.parse_args()
     root = args.output or os.path.join(output_root(), "heads_ablation")
+    # seed by seed, so that a partial ablation has every form of its first seeds
+    runs = {(detector, form, seed): one_run(detector, form, seed, args.max_iter, args.val_images, root,
+                                            args.finished_only)
+            for detector in args.detectors for seed in args.seeds for form in args.forms}
     rows, per_seed = [], []
     for detector in args.detectors:
         for form in args.forms:
-            runs = {seed: one_run(detector, form, seed, args.max_iter, args.val_images, root, args.finished_only)
-                    for seed in args.seeds}
-            finished = {seed: r for seed, r in runs.items() if r is not None}
+            finished = {seed: runs[detector, form, seed] for seed in args.seeds
+                        if runs[detector, form, seed] is not None}
             if not finished:
                 continue
             values = list(finished.values())

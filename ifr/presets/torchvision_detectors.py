@@ -22,8 +22,8 @@ from functools import partial
 from typing import Callable
 
 import torch
+from PIL import Image
 from torch import nn
-from torchvision.io import write_png
 from torchvision.models.detection import FCOS, FasterRCNN, KeypointRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -279,6 +279,6 @@ def run_example(model: nn.Module, detector: str, replaced, args: argparse.Namesp
     path = args.output or os.path.join(output_root(), "examples", f"{detector}_{args.form}.png")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     grid = draw_predictions(model, detector)
-    write_atomically(path, lambda tmp: write_png(grid, tmp))
+    write_atomically(path, lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp))
     print(f"predictions drawn in {path}")
     return results
