@@ -1,4 +1,7 @@
-"""IFR as a drop-in mask head for torchvision's Mask R-CNN (torch + torchvision and ``ifr.deq`` only).
+"""IFR as a drop-in head for torchvision's detectors (torch + torchvision and ``ifr.deq`` only): the mask
+head of Mask R-CNN here, and, re-exported from their own modules, the keypoint head of Keypoint R-CNN
+(``replace_keypoint_head``), the box head of the v2 Faster / Mask R-CNN (``replace_box_head``) and the
+towers of RetinaNet v2 and FCOS (``replace_dense_head_towers``); each one call, on ``ifr.deq.RefinementTower``.
 
 torchvision's ``RoIHeads`` maps pooled RoI features (R, C, 14, 14) through ``roi_heads.mask_head`` to
 refined features and ``roi_heads.mask_predictor`` to mask logits. ``replace_mask_head`` swaps the
@@ -22,6 +25,12 @@ from ifr.deq.solvers import CUDA_CHECK_PERIOD
 from ifr.deq.tower import check_tower
 
 from .counted_tower import CountedTower, tower_settings
+from .torchvision_box_head import BoxRefinementHead, replace_box_head
+from .torchvision_dense_heads import LevelTower, replace_dense_head_towers
+from .torchvision_keypoints import KeypointRefinementHead, replace_keypoint_head
+
+__all__ = ["BoxRefinementHead", "CountedTower", "KeypointRefinementHead", "LevelTower", "RefinementMaskHead",
+           "replace_box_head", "replace_dense_head_towers", "replace_keypoint_head", "replace_mask_head"]
 
 HEADS = ("ifr", "weight_sharing")
 
