@@ -85,7 +85,8 @@ def build_detector(detector: str, num_classes: int) -> nn.Module:
         anchors = AnchorGenerator(((16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 4)
         return KeypointRCNN(backbone, None, rpn_anchor_generator=anchors, box_detections_per_img=8,
                             box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], 7, 2),
-                            box_head=TwoMLPHead(channels * 49, 128), box_predictor=FastRCNNPredictor(128, num_classes + 1),
+                            box_head=TwoMLPHead(channels * 49, 128),
+                            box_predictor=FastRCNNPredictor(128, num_classes + 1),
                             keypoint_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], 14, 2),
                             keypoint_head=KeypointRCNNHeads(channels, (2 * channels,) * 8),
                             keypoint_predictor=KeypointRCNNPredictor(2 * channels, keypoints), **SIZES, **ROI_SIZES)
@@ -98,8 +99,8 @@ def build_detector(detector: str, num_classes: int) -> nn.Module:
                           box_predictor=FastRCNNPredictor(128, num_classes + 1), box_detections_per_img=50,
                           **SIZES, **ROI_SIZES)
     if detector == "retinanet_v2":  # retinanet_resnet50_fpn_v2's head: GroupNorm(32) towers, GIoU box loss
-        anchors = AnchorGenerator(tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (8, 16, 32, 64, 128)),
-                                  ((0.5, 1.0, 2.0),) * 5)
+        octaves = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (8, 16, 32, 64, 128))
+        anchors = AnchorGenerator(octaves, ((0.5, 1.0, 2.0),) * 5)
         head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1,
                              norm_layer=partial(nn.GroupNorm, 32))
         head.regression_head._loss_type = "giou"
@@ -129,7 +130,8 @@ def replaced_modules(replaced) -> list[nn.Module]:
 
 def refinements(replaced) -> list[EquilibriumRefinement]:
     """The ``EquilibriumRefinement`` modules inside what an integration returned (none for the explicit form)."""
-    return [m for module in replaced_modules(replaced) for m in module.modules() if isinstance(m, EquilibriumRefinement)]
+    return [m for module in replaced_modules(replaced) for m in module.modules()
+            if isinstance(m, EquilibriumRefinement)]
 
 
 def solver_stats(replaced) -> dict[str, float]:
