@@ -1,5 +1,6 @@
-"""The examples of the other heads' integrations run end to end (a few iterations, unrolled then
-implicit, evaluated on two images, predictions drawn), so that they cannot rot."""
+"""The examples of the other heads' integrations and their ablation run end to end (a few iterations,
+unrolled then implicit, evaluated on two images, predictions drawn), so that they cannot rot."""
+import json
 import os
 import runpy
 import sys
@@ -27,3 +28,24 @@ def test_the_example_trains_evaluates_and_draws(script, extra, printed, datasets
     assert "iter 1/3" in out and printed in out and "CPU seconds per image" in out
     with Image.open(drawing) as image:
         assert image.size[0] > 300 and image.size[1] > 150  # a grid of 8 drawn validation images
+
+
+def test_the_heads_ablation_records_a_run_and_reuses_it_only_with_its_settings(datasets_root, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    command = ["heads_ablation.py", "--detectors", "faster_rcnn_v2", "--forms", "ifr", "--seeds", "0",
+               "--max-iter", "3", "--val-images", "2", "--output", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", command)
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "heads_ablation.py"), run_name="__main__")
+    with open(tmp_path / "faster_rcnn_v2" / "ifr" / "seed0" / "results.json") as f:
+        result = json.load(f)
+    assert result["task"] == "bbox" and result["replaced_parameters"] > 0
+    assert result["replaced_flops_per_image"] > 0 and result["solver_steps_per_image"] >= 1
+    assert 0 < result["replaced_cpu_seconds_per_image"] < result["cpu_seconds_per_image"]
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [*command, "--finished-only"])
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "heads_ablation.py"), run_name="__main__")
+    assert "| faster_rcnn_v2 | ifr " in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", [*command, "--max-iter", "4", "--finished-only"])  # the last --max-iter counts
+    runpy.run_path(os.path.join(ROOT, "benchmarks", "heads_ablation.py"), run_name="__main__")
+    assert "max_iter 3 -> 4" in capsys.readouterr().out
