@@ -89,19 +89,20 @@ def build(variant: str, width: int, seed: int) -> tuple[nn.Module, RefinementTow
     return nn.ModuleDict({"tower": tower, "head": head}), tower if variant != "explicit_bn" else None
 
 
-def task(width: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoI-like features (clustered, non-negative as after the RoI pooling of FPN features) and labels."""
-    generator = torch.Generator().manual_seed(1000 + seed)
-    centres = torch.randn(CLASSES * 3, width, 7, 7, generator=generator)
+def task(width: int, count: int, seed: int, sample_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoI-like features (clustered around the task's 15 centres, non-negative as after the RoI pooling of
+    FPN features) and their labels (each centre's class); ``sample_seed`` draws the samples."""
+    centres = torch.randn(CLASSES * 3, width, 7, 7, generator=torch.Generator().manual_seed(1000 + seed))
+    generator = torch.Generator().manual_seed(sample_seed)
     which = torch.randint(0, CLASSES * 3, (count,), generator=generator)
-    x = (centres[which] + 0.8 * torch.randn(count, width, 7, 7, generator=generator)).relu()
+    x = (centres[which] + 1.5 * torch.randn(count, width, 7, 7, generator=generator)).relu()
     return x, which % CLASSES
 
 
 def run(variant: str, width: int, rois: int, steps: int, seed: int) -> dict:
     model, tower = build(variant, width, seed)
-    x, y = task(width, rois * 8, seed)
-    x_test, y_test = task(width, 256, seed + 100)
+    x, y = task(width, rois * 8, seed, sample_seed=seed)
+    x_test, y_test = task(width, 256, seed, sample_seed=seed + 100)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
     losses, solver_steps = [], []
@@ -114,14 +115,14 @@ def run(variant: str, width: int, rois: int, steps: int, seed: int) -> dict:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if tower is not None:
-            solver_steps.append(tower.refinement.last_stats.summary()["iterations"])
+            solver_steps.append(float(tower.refinement.last_stats.sample_steps.float().mean()))
     seconds = (time.perf_counter() - start) / steps
     model.eval()
     with torch.no_grad():
         accuracy = float((model["head"](model["tower"](x_test)).argmax(1) == y_test).float().mean())
-    eval_steps = tower.refinement.last_stats.summary()["iterations"] if tower is not None else float("nan")
+    eval_steps = float(tower.refinement.last_stats.sample_steps.float().mean()) if tower is not None else float("nan")
     mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
     return {"loss": mean(losses[-10:]), "accuracy": accuracy, "steps_first": mean(solver_steps[:10]),
             "steps_last": mean(solver_steps[-10:]), "steps_eval": eval_steps, "seconds": seconds}
