@@ -11,7 +11,9 @@ tower(s) replaced by the form through ``ifr.integrations.torchvision``, trained 
 at batch 2 (the IFR form unrolled for the first 80%) and evaluated on the validation set. It reports the
 task's AP (keypoint AP for Keypoint R-CNN, box AP otherwise) and box AP; the replaced part's parameters
 and FLOPs per image (``pods_analyze``'s counter, torch.utils.flop_counter, run on the inputs the part
-received during the evaluation, so the IFR form's FLOPs are those of the solves it made, solver included);
+received during the evaluation, so the IFR form's FLOPs are those of the solves it made, solver included;
+for the RoI heads also per RoI, the IFR form's solve at its measured mean steps per RoI, as ``pods_analyze``
+counts it, since per image they follow the number of RoIs, for the keypoint head the detections);
 CPU seconds per image of the whole model and of the replaced part (``time.process_time``, so the other
 jobs of a shared machine do not count; forward passes only); forward solver steps per image and per
 sample (RoI, or image and level); training CPU seconds per iteration; then the mean and standard
@@ -22,6 +24,7 @@ finished run is reused only when they match the command's, as in ``benchmarks/ab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -35,6 +38,23 @@ from ifr.tools.analyze_model import count_flops, count_parameters
 from ifr.utils.atomic import json_writer, write_atomically
 
 DEFAULT_DETECTORS = ("keypoint_rcnn", "faster_rcnn_v2", "retinanet_v2")
+ROI_SIZES = {"keypoint_rcnn": 14, "faster_rcnn_v2": 7}  # the RoI heads' pooled resolution
+
+
+def flops_per_roi(detector: str, form: str, steps: float | None) -> float | None:
+    """FLOPs of the replaced RoI head on one RoI, as ``pods_analyze`` counts a refinement head: the IFR
+    form's solve at ``steps`` (the measured mean steps per RoI, rounded; every RoI solved that long).
+    Counted on a freshly built head (FLOPs do not depend on the weights). Per image, a RoI head's FLOPs
+    follow the number of RoIs it runs on, which for the keypoint head (the detections) differs between
+    models; per RoI they do not. None for the one-stage towers, whose samples are FPN levels."""
+    if detector not in ROI_SIZES or (form == "ifr" and steps is None):
+        return None
+    model = detectors.build_detector(detector, num_classes=len(detectors.class_names(detector)))
+    head = detectors.replace_tower(model, detector, form, pretrained_steps=0).eval()
+    for refinement in detectors.refinements(head) if form == "ifr" else []:
+        refinement.solver = dataclasses.replace(refinement.solver, max_iter=max(1, round(steps)), tol=0.0)
+    channels = model.backbone.out_channels
+    return count_flops(head, torch.zeros(1, channels, ROI_SIZES[detector], ROI_SIZES[detector]))
 
 
 class ReplacedPartProbe:
@@ -137,6 +157,8 @@ def main() -> None:
             rows.append([detector, form, len(values), task, _mean_std([r["AP"] for r in values]),
                          _mean_std([r["box_AP"] for r in values]), f"{values[0]['replaced_parameters']:,}",
                          _mean([r["replaced_flops_per_image"] / 1e6 for r in values], 1),
+                         _mean([f / 1e6 for f in (flops_per_roi(detector, form, r["solver_steps_per_sample"])
+                                                  for r in values) if f is not None], 1),
                          _mean([r["cpu_seconds_per_image"] * 1e3 for r in values], 0),
                          _mean([r["replaced_cpu_seconds_per_image"] * 1e3 for r in values], 0),
                          _mean([r["solver_steps_per_image"] for r in values], 1),
@@ -147,7 +169,7 @@ def main() -> None:
     print(f"{args.max_iter} iterations per run at batch 2, seeds {args.seeds}, "
           f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() != 1 else ''}")
     print(tabulate(rows, headers=["detector", "tower", "seeds", "task", "AP", "box AP", "tower params",
-                                  "tower MFLOPs / image", "model CPU ms / image", "tower CPU ms / image",
+                                  "tower MFLOPs / image", "/ RoI", "model CPU ms / image", "tower CPU ms / image",
                                   "solver steps / image", "steps / sample", "train CPU s / iter"],
                    tablefmt="github"))
     print("\nPer seed")
