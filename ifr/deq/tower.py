@@ -198,7 +198,7 @@ class RefinementTower(nn.Module):
         once per level. ``refinement.last_stats`` then has one entry per image.
         """
         if self.refinement is None or self.refinement.resolve_mode(iteration) == "unrolled":
-            return [self(x, iteration) for x in levels]
+            return [RefinementTower.forward(self, x, iteration) for x in levels]
         packed = LevelsBlock(self.refinement.block, levels)
         joint = EquilibriumRefinement(packed, mode="implicit", solver=self.refinement.solver,
                                       backward=self.refinement.backward_strategy,

@@ -49,7 +49,7 @@ class LevelTower(CountedTower):
         self._iteration = int(self.step) if self.training else None
         if self.training and self.count_steps:
             self.step += 1
-        if self.levels == "joint" and self.refinement is not None:
+        if self.levels == "joint" and self.form == "ifr":
             self._solved = list(zip(features, self.forward_levels(features, self._iteration)))
 
     def end(self, branch: nn.Module, args: tuple, output) -> None:
