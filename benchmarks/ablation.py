@@ -136,19 +136,18 @@ def run_config(dataset: str, variant: str, seed: int, max_iter: int, output_dir:
 
 
 class SolverSteps:
-    """Counts a refinement's forward solver steps over the calls it makes: per call (the batch's
-    longest solve) and per RoI."""
+    """Counts the forward solver steps of ``refinements`` (``EquilibriumRefinement`` modules; None
+    entries, heads without one, are skipped) over the calls they make: per call (the batch's longest
+    solve) and per sample (RoI)."""
 
-    def __init__(self, model):
-        head = model.roi_heads.mask_head
-        self.refinement = getattr(head, "refinement", None)
+    def __init__(self, refinements):
         self.steps = self.roi_steps = self.rois = 0
-        self._hook = self.refinement.register_forward_hook(self._count) if self.refinement is not None else None
+        self._hooks = [r.register_forward_hook(self._count) for r in refinements if r is not None]
 
     def remove(self) -> None:
         """Stops counting."""
-        if self._hook is not None:
-            self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
 
     def _count(self, module, inputs, output) -> None:
         if module.last_stats is not None:
@@ -225,7 +224,7 @@ def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
     trainer.train()
     model = trainer.checkpointer.model.eval()
     config.DATASETS.TEST = (DATASETS[dataset][1],)
-    steps = SolverSteps(model)
+    steps = SolverSteps([getattr(model.roi_heads.mask_head, "refinement", None)])
     start = time.perf_counter()
     scores = evaluate(config, model, show_progress=False)
     seconds = time.perf_counter() - start

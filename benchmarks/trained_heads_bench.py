@@ -44,7 +44,8 @@ def load_run(root: str, dataset: str, variant: str, seed: int):
 
 def timed_pass(model, inputs: list, evaluator=None) -> tuple[float, SolverSteps, int]:
     """(model seconds over ``inputs``, the solver step counts, RoIs actually solved)."""
-    steps = SolverSteps(model)
+    refinement = getattr(model.roi_heads.mask_head, "refinement", None)
+    steps = SolverSteps([refinement])
     solved = 0
     seconds = 0.0
     with torch.no_grad():
@@ -52,8 +53,8 @@ def timed_pass(model, inputs: list, evaluator=None) -> tuple[float, SolverSteps,
             start = time.perf_counter()
             outputs = model(batch)
             seconds += time.perf_counter() - start
-            if steps.refinement is not None and steps.refinement.last_solved is not None:
-                solved += steps.refinement.last_solved
+            if refinement is not None and refinement.last_solved is not None:
+                solved += refinement.last_solved
             if evaluator is not None:
                 evaluator.process(batch, outputs)
     steps.remove()

@@ -1,4 +1,5 @@
-"""Datasets available by name without registration: COCO 2017 (cvpods layout) and the synthetic shapes.
+"""Datasets available by name without registration: COCO 2017 (cvpods layout), the synthetic shapes and
+the synthetic keypoints.
 
 The root folder is ``$IFR_DATASETS`` if set, else ``datasets/`` in the project checkout (as cvpods
 keeps ``datasets/coco`` beside its code).
@@ -13,6 +14,7 @@ from .catalog import register_dataset
 from .coco import load_coco_json
 from .synthetic import SHAPES, SyntheticDataset, ensure_synthetic_dataset
 from .synthetic_hard import HARD
+from .synthetic_keypoints import KEYPOINT_HOUSES
 
 # name -> (folder under the root, json file under that folder, image folder under that folder)
 COCO_SPLITS = {
@@ -24,8 +26,11 @@ SYNTHETIC_SPLITS = {
     "synthetic_shapes_val": ("synthetic_shapes", "annotations/instances_val.json", "val"),
     "synthetic_hard_train": ("synthetic_hard", "annotations/instances_train.json", "train"),
     "synthetic_hard_val": ("synthetic_hard", "annotations/instances_val.json", "val"),
+    "synthetic_keypoints_train": ("synthetic_keypoints", "annotations/instances_train.json", "train"),
+    "synthetic_keypoints_val": ("synthetic_keypoints", "annotations/instances_val.json", "val"),
 }
-SYNTHETIC_DATASETS = {"synthetic_shapes": SHAPES, "synthetic_hard": HARD}  # folder -> generator
+# folder -> generator
+SYNTHETIC_DATASETS = {"synthetic_shapes": SHAPES, "synthetic_hard": HARD, "synthetic_keypoints": KEYPOINT_HOUSES}
 
 
 # The 80 COCO thing classes in contiguous-id order (sorted category id), so class names are known
@@ -48,9 +53,13 @@ def _paths(folder: str, json_file: str, image_dir: str, synthetic: bool) -> dict
     generator: SyntheticDataset | None = SYNTHETIC_DATASETS[folder] if synthetic else None
     if generator is not None:
         ensure_synthetic_dataset(base, generator)
-    classes = {"thing_classes": generator.classes if generator else COCO_THING_CLASSES}
+    metadata = {"thing_classes": generator.classes if generator else COCO_THING_CLASSES}
+    if generator is not None and generator.keypoints is not None:
+        schema = generator.keypoints
+        metadata.update(keypoint_names=schema.names, keypoint_flip_pairs=schema.flip_pairs,
+                        keypoint_oks_sigmas=schema.oks_sigmas, keypoint_skeleton=schema.skeleton)
     return {"json_file": os.path.join(base, json_file), "image_root": os.path.join(base, image_dir),
-            "evaluator_type": "coco", "synthetic": synthetic, **classes}
+            "evaluator_type": "coco", "synthetic": synthetic, **metadata}
 
 
 def _register(name: str, spec: tuple[str, str, str], synthetic: bool) -> None:

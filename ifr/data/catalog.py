@@ -2,7 +2,8 @@
 
 A record is one image: ``file_name``, ``height``, ``width``, ``image_id`` and ``annotations``, a list
 of ``{"bbox": [x, y, w, h] (absolute pixels), "category_id": contiguous id, "segmentation":
-polygons or RLE, "iscrowd": 0/1}``.
+polygons or RLE, "iscrowd": 0/1}``, and in a keypoint dataset ``"keypoints": [x1, y1, v1, ..., xK, yK, vK]``
+(COCO's keypoint format; v = 0 not labelled, 1 labelled but hidden, 2 visible).
 """
 from __future__ import annotations
 

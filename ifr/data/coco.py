@@ -205,6 +205,8 @@ def load_coco_json(json_file: str, image_root: str) -> list[dict]:
                 if not record_ann["segmentation"]:
                     dropped["polygons"] += 1
                     continue
+            if "keypoints" in ann:  # COCO's [x1, y1, v1, ..., xK, yK, vK]
+                record_ann["keypoints"] = ann["keypoints"]
             annotations.append(record_ann)
         records.append({"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
                         "width": image["width"], "image_id": image_id, "annotations": annotations})

@@ -93,9 +93,20 @@ def rle_segmentation(mask: np.ndarray) -> dict:
 
 
 @dataclass(frozen=True)
+class KeypointSchema:
+    """The named keypoints of a keypoint dataset's (single) category, in COCO's conventions."""
+
+    names: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...]  # indices into names that swap under a horizontal flip
+    skeleton: tuple[tuple[int, int], ...]  # 1-based index pairs, as COCO's categories store them
+    oks_sigmas: tuple[float, ...]  # per keypoint, the falloff of COCOeval's object keypoint similarity
+
+
+@dataclass(frozen=True)
 class SyntheticDataset:
     """A generated COCO-format dataset: ``render(rng, height, width)`` draws one image and returns
-    ``(image (H, W, 3) uint8, [(class index, COCO segmentation, (H, W) uint8 mask), ...])``."""
+    ``(image (H, W, 3) uint8, [(class index, COCO segmentation, (H, W) uint8 mask), ...])``; with
+    ``keypoints`` each object also carries its COCO keypoints ``[x1, y1, v1, ..., xK, yK, vK]``."""
 
     description: str
     classes: tuple[str, ...]
@@ -103,16 +114,21 @@ class SyntheticDataset:
     image_sizes: tuple[tuple[int, int], ...]  # (height, width) choices
     render: Callable
     version: int  # bump when the generator changes, so stale copies are regenerated
+    keypoints: KeypointSchema | None = None
 
 
 SHAPES = SyntheticDataset("IFR synthetic shapes", CLASSES, SPLITS, IMAGE_SIZES, _render_image, VERSION)
 
 
-def _annotation(class_index: int, segmentation, mask: np.ndarray, ann_id: int, image_id: int) -> dict:
+def _annotation(class_index: int, segmentation, mask: np.ndarray, ann_id: int, image_id: int,
+                keypoints: list[float] | None = None) -> dict:
     ys, xs = np.nonzero(mask)
     bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-    return {"id": ann_id, "image_id": image_id, "category_id": class_index + 1, "bbox": bbox,
-            "area": float(mask.sum()), "iscrowd": 0, "segmentation": segmentation}
+    annotation = {"id": ann_id, "image_id": image_id, "category_id": class_index + 1, "bbox": bbox,
+                  "area": float(mask.sum()), "iscrowd": 0, "segmentation": segmentation}
+    if keypoints is not None:
+        annotation.update(keypoints=keypoints, num_keypoints=sum(1 for v in keypoints[2::3] if v > 0))
+    return annotation
 
 
 def generate_split(root: str, split: str, dataset: SyntheticDataset = SHAPES) -> None:
@@ -128,10 +144,15 @@ def generate_split(root: str, split: str, dataset: SyntheticDataset = SHAPES) ->
         file_name = f"{image_id:06d}.png"
         Image.fromarray(image).save(os.path.join(image_dir, file_name))
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for class_index, segmentation, mask in objects:
-            annotations.append(_annotation(class_index, segmentation, mask, len(annotations) + 1, image_id))
+        for class_index, segmentation, mask, *keypoints in objects:
+            annotations.append(_annotation(class_index, segmentation, mask, len(annotations) + 1, image_id,
+                                           *keypoints))
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(dataset.classes)]
+    if dataset.keypoints is not None:
+        for category in categories:
+            category.update(keypoints=list(dataset.keypoints.names),
+                            skeleton=[list(pair) for pair in dataset.keypoints.skeleton])
     with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations, "info": {"description": dataset.description},
                    "categories": categories}, f)
