@@ -120,7 +120,8 @@ def test_degenerate_boxes_and_polygons_are_dropped_and_counted(tmp_path, caplog)
         records = load_coco_json(json_file, images)
     annotations = records[0]["annotations"]
     assert len(annotations) == 1 and annotations[0]["segmentation"] == [[2, 2, 12, 2, 12, 12]]
-    assert "dropped 1 annotations with an empty box and 1 whose polygons" in caplog.text
+    assert "dropped 1 annotations with an empty box" in caplog.text
+    assert "dropped 1 annotations whose polygons all have fewer than 3 points (annotations 3)" in caplog.text
 
 
 def test_missing_dataset_path_is_one_clear_error(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from ifr.errors import UserError
 
 from .catalog import get_dataset_dicts, get_metadata
-from .coco import check_coco_evaluable, check_coco_paths, load_coco_api
+from .coco import DatasetError, check_coco_evaluable, check_coco_paths, load_coco_api
 from .image_reader import ImageReadError
 from .mapper import DatasetMapper, TTADatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
@@ -75,11 +75,33 @@ def check_image_files(records: list[dict], skip_missing: bool) -> list[dict]:
     return [r for r in records if r["file_name"] not in gone]
 
 
-def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False) -> list[dict]:
+def check_category_count(dataset_name: str, records: list[dict], num_classes: int) -> None:
+    """A ``DatasetError`` when a dataset has more categories (its ``thing_classes``, or the highest
+    contiguous category id of its records) than the model predicts: training would fail at its first
+    step with an index out of bounds."""
+    metadata = get_metadata(dataset_name)
+    used = max((a["category_id"] for r in records for a in r["annotations"]), default=-1) + 1
+    count = max(len(metadata.get("thing_classes", ())), used)
+    if count > num_classes:
+        source = f" ({metadata['json_file']})" if "json_file" in metadata else ""
+        raise DatasetError(f"dataset {dataset_name}{source} has {count} categories but the model predicts "
+                           f"{num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES): set MODEL.ROI_HEADS.NUM_CLASSES "
+                           f"{count}, or train on a dataset with at most {num_classes} categories")
+
+
+def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False,
+                       num_classes: int | None = None) -> list[dict]:
+    """The records of every dataset in ``dataset_names``, each checked against the model's
+    ``num_classes`` when given (``check_category_count``)."""
     if not dataset_names:
         raise UserError("DATASETS.TRAIN is empty: name at least one registered dataset, e.g. "
                         "DATASETS.TRAIN \"('synthetic_shapes_train',)\"")
-    records = [r for name in dataset_names for r in get_dataset_dicts(name)]
+    records = []
+    for name in dataset_names:
+        loaded = get_dataset_dicts(name)
+        if num_classes is not None:
+            check_category_count(name, loaded, num_classes)
+        records.extend(loaded)
     if filter_empty:
         before = len(records)
         records = [r for r in records if any(not a.get("iscrowd", 0) for a in r["annotations"])]
@@ -99,7 +121,7 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
     """Endless loader of lists of IMS_PER_BATCH / world_size mapped records, from batch ``start_batch``
     of the seeded stream on."""
     records = load_train_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
+                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // world_size
     if batch_size < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise UserError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a positive multiple of the "
