@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -14,19 +15,21 @@ from .coco import DatasetError, check_coco_evaluable, check_coco_paths, load_coc
 from .image_reader import ImageReadError
 from .mapper import DatasetMapper, TTADatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
+from .serialized_records import SerializedRecords
 
 logger = logging.getLogger(__name__)
 
 
 class MapDataset(Dataset):
-    """Records mapped on access (in the loader's worker processes). An ``(index, seed)`` key maps
+    """Records mapped on access (in the loader's worker processes); the loaders give them as
+    ``SerializedRecords``, which forked workers share without copying. An ``(index, seed)`` key maps
     with the random state seeded by ``seed``, so augmentation does not depend on the worker.
 
     With ``skip_unreadable``, a record whose image is missing or corrupt is replaced by the next
     readable one (a warning names the file and counts the skips of this process).
     """
 
-    def __init__(self, records: list[dict], mapper, skip_unreadable: bool = False):
+    def __init__(self, records: Sequence[dict], mapper, skip_unreadable: bool = False):
         self.records, self.mapper, self.skip_unreadable = records, mapper, skip_unreadable
         self.skipped = 0
 
@@ -130,7 +133,7 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
     mapper = DatasetMapper(cfg.INPUT.AUG.TRAIN_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=cfg.MODEL.MASK_ON)
     sampler = GroupedInfiniteBatchSampler(groups, batch_size, seed=seed, rank=rank, world_size=world_size,
                                           start_batch=start_batch)
-    dataset = MapDataset(records, mapper, skip_unreadable=cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
+    dataset = MapDataset(SerializedRecords(records), mapper, skip_unreadable=cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
     # Its own generator: starting the loader must not draw from the global random state, which the
     # training step uses (a resumed run restores that state and must continue it exactly).
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list, generator=torch.Generator().manual_seed(seed),
@@ -154,7 +157,7 @@ def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1
     """One image per batch, this process's shard of the dataset, in order. With ``tta`` each image
     comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES; with
     ``with_boxes`` it carries its ground-truth ``instances`` (boxes, classes) at the input size."""
-    records = get_dataset_dicts(dataset_name)
+    records = SerializedRecords(get_dataset_dicts(dataset_name))
     if not records:
         raise UserError(f"dataset {dataset_name} has no images: there is nothing to evaluate")
     if with_boxes:  # the annotated mapping of training, with the test pipeline's deterministic resize
