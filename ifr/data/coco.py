@@ -95,9 +95,9 @@ def _is_box(bbox) -> bool:
 
 
 def validate_coco_dataset(dataset: dict, json_file: str) -> None:
-    """Checks a COCO instances file's contents (``COCO(json_file).dataset``) for what pycocotools
-    accepts but gets wrong or crashes on later: a ``DatasetError`` naming the file and the offending ids
-    for duplicate image, annotation or category ids (pycocotools keeps the last and moves or merges the
+    """Checks a COCO instances file's contents (its parsed json, before pycocotools indexes it) for
+    what pycocotools accepts but gets wrong or crashes on later: a ``DatasetError`` naming the file and
+    the offending ids for duplicate image, annotation or category ids (pycocotools keeps the last and moves or merges the
     others' annotations), images without a file name or with a width/height that is not positive,
     category ids that are not integers or not among the categories, bboxes that are not [x, y, w, h]
     with w, h >= 0, and segmentations that are not drawable on their image (``_segmentation_problem``).
