@@ -27,7 +27,9 @@ def _polygon(rng: np.random.Generator, width: int, height: int) -> list[float]:
     angles = np.sort(rng.uniform(0, 2 * np.pi, points))
     radius = rng.uniform(5, min(width, height) / 3) * rng.uniform(0.5, 1.0, points)
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-    xy = np.stack([np.clip(cx + radius * np.cos(angles), 0, width), np.clip(cy + radius * np.sin(angles), 0, height)], 1)
+    xs = np.clip(cx + radius * np.cos(angles), 0, width)
+    ys = np.clip(cy + radius * np.sin(angles), 0, height)
+    xy = np.stack([xs, ys], 1)
     return np.round(xy, 2).ravel().tolist()
 
 

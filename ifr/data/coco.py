@@ -97,8 +97,8 @@ def _is_box(bbox) -> bool:
 def validate_coco_dataset(dataset: dict, json_file: str) -> None:
     """Checks a COCO instances file's contents (its parsed json, before pycocotools indexes it) for
     what pycocotools accepts but gets wrong or crashes on later: a ``DatasetError`` naming the file and
-    the offending ids for duplicate image, annotation or category ids (pycocotools keeps the last and moves or merges the
-    others' annotations), images without a file name or with a width/height that is not positive,
+    the offending ids for duplicate image, annotation or category ids (pycocotools keeps the last and
+    moves or merges the others' annotations), images without a file name or with a width/height that is not positive,
     category ids that are not integers or not among the categories, bboxes that are not [x, y, w, h]
     with w, h >= 0, and segmentations that are not drawable on their image (``_segmentation_problem``).
 
@@ -158,6 +158,11 @@ _JSON_TYPES = {str: "a string", float: "a number with a fraction", bool: "a bool
                type(None): "null"}
 
 
+def _json_type(value) -> str:
+    """How a json value of ``value``'s type is called in a message: "a string", "null", ..."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def _is_integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -177,7 +182,7 @@ def _check_category_ids(annotations: list[dict], categories: list[dict], json_fi
     if mistyped:
         value = mistyped[0]["category_id"]
         raise _annotations_error(json_file, mistyped, "category ids that are not integers",
-                                 f"category_id {json.dumps(value)} is {_JSON_TYPES.get(type(value), type(value).__name__)}"
+                                 f"category_id {json.dumps(value)} is {_json_type(value)}"
                                  ", not an integer; write category ids as integers (e.g. 1, not \"1\")")
     category_ids = {category["id"] for category in categories}
     unknown = [ann for ann in annotations if ann["category_id"] not in category_ids]
@@ -193,7 +198,7 @@ def _polygons_problem(polygons: list) -> str | None:
     sum that overflows is told apart by the second look)."""
     for index, polygon in enumerate(polygons):
         if not isinstance(polygon, list):
-            return f"polygon {index} is {_JSON_TYPES.get(type(polygon), type(polygon).__name__)}; a polygon is a flat " \
+            return f"polygon {index} is {_json_type(polygon)}; a polygon is a flat " \
                    "list of (x, y) pairs [x1, y1, x2, y2, ...]"
         if len(polygon) % 2:
             return f"polygon {index} has {len(polygon)} numbers; a polygon is a flat list of (x, y) pairs " \
@@ -233,7 +238,7 @@ def _rle_problem(rle: dict, height, width) -> str | None:
             return f"its uncompressed RLE counts add up to {total} pixels, not its image's {height} x {width} = " \
                    f"{height * width}"
     elif not isinstance(counts, str):
-        return f"RLE counts are {_JSON_TYPES.get(type(counts), type(counts).__name__)}; they must be a list of run " \
+        return f"RLE counts are {_json_type(counts)}; they must be a list of run " \
                "lengths or COCO's compressed string"
     return None
 
@@ -244,7 +249,7 @@ def _segmentation_problem(segmentation, height, width) -> str | None:
         return _polygons_problem(segmentation)
     if isinstance(segmentation, dict):
         return _rle_problem(segmentation, height, width)
-    return f"segmentation is {_JSON_TYPES.get(type(segmentation), type(segmentation).__name__)}; it must be " \
+    return f"segmentation is {_json_type(segmentation)}; it must be " \
            "polygons (a list) or an RLE (an object with size and counts)"
 
 
