@@ -3,14 +3,19 @@ evaluation that could score nothing is refused before it runs."""
 import json
 import logging
 import os
+import resource
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from pycocotools import mask as mask_util
 
 from ifr.data import DatasetError, DatasetMapper, check_datasets, load_coco_json, register_coco_instances
-from ifr.data.build import build_test_loader
+from ifr.data.build import build_test_loader, build_train_loader
 from ifr.data.catalog import register_dataset
 from ifr.config import RCNNFPNConfig
 from ifr.data.coco import load_coco_api
@@ -182,3 +187,168 @@ def test_images_without_a_file_name_are_an_error(tmp_path):
     del data["images"][1]["file_name"]
     open(json_file, "w").write(json.dumps(data))
     _refused(json_file, images, "images 2 have no file_name")
+
+
+# A NaN in a polygon once made pycocotools' rasteriser allocate until the kernel killed training (20 GB):
+# the check runs in a child process whose address space is capped, so a regression fails this test
+# (MemoryError, bad_alloc or a crash in the child) instead of taking the machine down.
+ADDRESS_SPACE_CAP = 4 << 30  # importing torch maps ~3.4 GB of address space, little of it resident
+LOAD_THEN_MAP = """
+import sys
+from ifr.data import DatasetError, DatasetMapper, load_coco_json
+for json_file in sys.argv[2:]:
+    try:
+        records = load_coco_json(json_file, sys.argv[1])
+    except DatasetError as e:
+        print(e)
+        continue
+    DatasetMapper([], "BGR", is_train=True)(records[0])  # what training does with the polygon next
+    sys.exit(3)
+"""
+
+
+def _capped_address_space():
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP))
+
+
+def test_a_polygon_coordinate_that_is_not_a_finite_number_is_an_error_under_a_memory_cap(tmp_path):
+    shown = ["NaN", "Infinity", '"6"', "null"]
+    json_files = []
+    for k, value in enumerate([float("nan"), float("inf"), "6", None]):
+        polygon = [1, 1, 6, 1, 6, value, 1, 6]
+        (tmp_path / str(k)).mkdir()
+        json_file, images = _write(tmp_path / str(k), annotations=[
+            _ann(1), {**_ann(2), "segmentation": [polygon]},
+            {**_ann(3), "segmentation": [[1, 1, 6, 1, 6, 6], polygon]}])
+        json_files.append(json_file)
+    # one child for all four files: importing torch is most of its time
+    child = subprocess.run([sys.executable, "-c", LOAD_THEN_MAP, images, *json_files], capture_output=True, text=True,
+                           preexec_fn=_capped_address_space, timeout=300)
+    assert child.returncode == 0, f"exit {child.returncode}: {child.stdout}{child.stderr[-2000:]}"
+    messages = child.stdout.strip().splitlines()
+    assert len(messages) == 4, child.stdout
+    for json_file, value, message in zip(json_files, shown, messages):
+        assert message == (f"{json_file}: annotation 2 of image 1: polygon 0 has the coordinate {value}; coordinates "
+                           "must be finite numbers. Fix or remove the annotation; annotations 3 have malformed "
+                           "segmentations too")
+    _refused(json_files[0], images, "annotation 2 of image 1: polygon 0 has the coordinate NaN")  # evaluation's too
+
+
+@pytest.mark.parametrize("segmentation, problem", [
+    ([[1, 1, 6, 1, 6]], "polygon 0 has 5 numbers; a polygon is a flat list of (x, y) pairs"),
+    ([[1, 1, 6, 1, 6, 6], [[1, 1], [6, 1], [6, 6], [1, 6]]], "polygon 1 has the coordinate [1, 1]"),
+    ("1 1 6 1 6 6", "segmentation is a string; it must be polygons"),
+    ({"counts": [0, 600]}, "an RLE segmentation needs 'counts' and 'size'"),
+    ({"size": [20, 30], "counts": [0, 500]}, "its uncompressed RLE counts add up to 500 pixels, not its image's "
+                                             "20 x 30 = 600"),
+    ({"size": [20, 30], "counts": [0, 650, -50]}, "uncompressed RLE counts must be non-negative integers"),
+    ({"size": [20, 30], "counts": [0, 599.5, 0.5]}, "uncompressed RLE counts must be non-negative integers"),
+    ({"size": [20, 30], "counts": 17}, "RLE counts are"),
+], ids=["odd-length", "nested-pairs", "string", "rle-without-size", "rle-short", "rle-negative",
+        "rle-fraction", "rle-number"])
+def test_malformed_segmentations_are_an_error_naming_the_annotation(tmp_path, segmentation, problem):
+    annotation = {**_ann(2), "segmentation": segmentation}
+    json_file, images = _write(tmp_path, annotations=[_ann(1), annotation])
+    _refused(json_file, images, f"annotation 2 of image 1: {problem}", "Fix or remove the annotation")
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["uncompressed", "compressed"])
+def test_an_rle_of_another_size_than_its_image_is_an_error(tmp_path, compressed):
+    """It used to stop training at iteration 0 with numpy's "all input arrays must have the same shape"."""
+    mask = np.zeros((30, 20), dtype=np.uint8, order="F")  # height and width swapped
+    mask[2:8, 3:9] = 1
+    rle = mask_util.encode(mask)
+    rle = {"size": [30, 20], "counts": rle["counts"].decode()} if compressed else \
+        {"size": [30, 20], "counts": [0, 600]}
+    json_file, images = _write(tmp_path, annotations=[_ann(1), {**_ann(4), "segmentation": rle, "iscrowd": 1}])
+    _refused(json_file, images, "annotation 4 of image 1: its RLE size [30, 20] is not its image's [height, width] "
+                                "[20, 30]; encode the mask at the image's size")
+
+
+def test_an_rle_of_the_image_size_loads(tmp_path):
+    mask = np.zeros((20, 30), dtype=np.uint8, order="F")
+    mask[2:8, 3:9] = 1
+    compressed = mask_util.encode(mask)
+    annotations = [_ann(1), {**_ann(2), "segmentation": {"size": [20, 30], "counts": compressed["counts"].decode()}},
+                   {**_ann(3), "segmentation": {"size": [20, 30], "counts": [40, 5, 15, 5, 535]}, "iscrowd": 1}]
+    json_file, images = _write(tmp_path, annotations=annotations)
+    out = DatasetMapper([], "BGR", is_train=True)(load_coco_json(json_file, images)[0])
+    assert out["instances"]["masks"].sum(dim=(1, 2)).tolist() == [25, 36]  # the crowd region is not trained on
+
+
+@pytest.mark.parametrize("category_id, shown", [("7", '"7" is a string'), (7.0, "7.0 is a number with a fraction"),
+                                                (True, "true is a boolean"), (None, "null is null")],
+                         ids=["string", "float", "bool", "null"])
+def test_a_category_id_that_is_not_an_integer_is_named_as_such(tmp_path, category_id, shown):
+    json_file, images = _write(tmp_path, annotations=[_ann(1), _ann(2, category_id=category_id), _ann(3)])
+    message = _refused(json_file, images, f"annotation 2 of image 1: category_id {shown}, not an integer; write "
+                                          "category ids as integers")
+    assert "not in the file's categories" not in message
+
+
+def test_category_ids_that_are_not_integers_in_the_categories_are_an_error(tmp_path):
+    json_file, images = _write(tmp_path, annotations=[_ann(1, category_id="7")],
+                               categories=[{"id": "7", "name": "thing"}])
+    _refused(json_file, images, 'categories "7" have ids that are not integers')
+
+
+def test_an_annotation_without_a_category_id_is_an_error(tmp_path):
+    annotation = _ann(2)
+    del annotation["category_id"]
+    json_file, images = _write(tmp_path, annotations=[_ann(1), annotation])
+    _refused(json_file, images, "annotation 2 of image 1: it has no category_id")
+
+
+def test_polygons_of_fewer_than_three_points_are_left_out_of_training_and_evaluation_alike(tmp_path, caplog):
+    """pycocotools reads a first polygon of 4 numbers as a box and fails on fewer ("input type is not
+    supported") or on an empty list: the evaluation's ground truth must not hold them either."""
+    annotations = [_ann(1), {**_ann(2), "segmentation": [[1, 1, 6, 6], [1, 1, 6, 1, 6, 6]]},
+                   {**_ann(3), "segmentation": [[1, 1]]}, {**_ann(4), "segmentation": []}]
+    json_file, images = _write(tmp_path, annotations=annotations)
+    with caplog.at_level(logging.WARNING, logger="ifr.data.coco"):
+        records = load_coco_json(json_file, images)
+        coco = load_coco_api(json_file)
+    assert [a["segmentation"] for a in records[0]["annotations"]] == [[[1, 1, 6, 1, 6, 6, 1, 6]], [[1, 1, 6, 1, 6, 6]]]
+    assert sorted(coco.anns) == [1, 2] and coco.anns[2]["segmentation"] == [[1, 1, 6, 1, 6, 6]]
+    dropped = "dropped 2 annotations whose polygons all have fewer than 3 points (annotations 3, 4)"
+    assert caplog.text.count(dropped) == 1
+
+
+def test_missing_area_and_iscrowd_are_filled_once_and_the_evaluation_scores(tmp_path, caplog):
+    """Files from labelling tools often lack both; COCOeval then failed with KeyError after training."""
+    name = f"no_area_{tmp_path.name}"
+    rle = {"size": [20, 30], "counts": [40, 5, 15, 5, 535]}
+    annotations = [_ann(1), {**_ann(2, bbox=[2, 0, 2, 5]), "segmentation": rle},
+                   {k: v for k, v in _ann(3, bbox=[10, 10, 4, 3]).items() if k != "segmentation"}]
+    for annotation in annotations:
+        del annotation["area"], annotation["iscrowd"]
+    json_file = _register(tmp_path, name, annotations=annotations)
+    with caplog.at_level(logging.WARNING, logger="ifr.data.coco"):
+        check_datasets([name], 2)
+        evaluator = COCOEvaluator(name, tasks=("bbox",))
+    assert caplog.text.count("3 annotations have no 'area' (set to the pixel count of the mask, of the box without "
+                             "one); 3 annotations have no 'iscrowd' (set to 0), as the COCO tools expect") == 1
+    assert {i: (a["area"], a["iscrowd"]) for i, a in evaluator.coco_gt.anns.items()} == \
+        {1: (25.0, 0), 2: (10.0, 0), 3: (12.0, 0)}  # polygon 5x5 px, RLE 2x5, box 4x3
+    assert [a["iscrowd"] for a in load_coco_json(json_file, str(tmp_path / "images"))[0]["annotations"]] == [0, 0, 0]
+    boxes = torch.tensor([[1.0, 1, 6, 6], [2, 0, 4, 5], [10, 10, 14, 13]])
+    evaluator.process([{"image_id": 1}], [{"instances": {"boxes": boxes, "classes": torch.tensor([1, 1, 1]),
+                                                         "scores": torch.tensor([0.9, 0.8, 0.7])}}])
+    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+
+
+def test_a_training_set_with_more_categories_than_the_model_classes_is_refused_before_training(tmp_path):
+    """It used to fail at iteration 0 with "IndexError: Target 4 is out of bounds"."""
+    name = f"five_categories_{tmp_path.name}"
+    json_file = _register(tmp_path, name, annotations=[_ann(1, category_id=5)],
+                          categories=[{"id": i, "name": f"c{i}"} for i in range(1, 6)])
+    config = RCNNFPNConfig()
+    config.merge_from_list(["DATASETS.TRAIN", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+                            "DATALOADER.NUM_WORKERS", "0"])
+    with pytest.raises(DatasetError) as info:
+        build_train_loader(config, seed=0)
+    assert str(info.value) == (f"dataset {name} ({json_file}) has 5 categories but the model predicts 3 classes "
+                               "(MODEL.ROI_HEADS.NUM_CLASSES): set MODEL.ROI_HEADS.NUM_CLASSES 5, or train on a "
+                               "dataset with at most 3 categories")
+    config.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "5"])
+    assert len(build_train_loader(config, seed=0).dataset) == 1

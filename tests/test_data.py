@@ -82,7 +82,10 @@ def _write_coco(tmp_path, annotations, image_size=(20, 30)):
 
 def test_coco_loader_maps_ids_drops_crowd_and_decodes_rle(tmp_path):
     square = [[2, 2, 12, 2, 12, 12, 2, 12]]
+    from pycocotools import mask as mask_util
+
     rle = {"size": [20, 30], "counts": [40, 5, 15, 5, 535]}
+    compressed = mask_util.encode(np.asfortranarray(np.pad(np.ones((5, 2), np.uint8), ((0, 15), (2, 26)))))
     json_file, images = _write_coco(tmp_path, [
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "segmentation": square, "iscrowd": 0},
         {"id": 2, "image_id": 1, "category_id": 3, "bbox": [2, 0, 2, 5], "segmentation": rle, "iscrowd": 0},
@@ -120,7 +123,8 @@ def test_degenerate_boxes_and_polygons_are_dropped_and_counted(tmp_path, caplog)
         records = load_coco_json(json_file, images)
     annotations = records[0]["annotations"]
     assert len(annotations) == 1 and annotations[0]["segmentation"] == [[2, 2, 12, 2, 12, 12]]
-    assert "dropped 1 annotations with an empty box and 1 whose polygons" in caplog.text
+    assert "dropped 1 annotations with an empty box" in caplog.text
+    assert "dropped 1 annotations whose polygons all have fewer than 3 points (annotations 3)" in caplog.text
 
 
 def test_missing_dataset_path_is_one_clear_error(tmp_path, monkeypatch):
@@ -204,3 +208,68 @@ def test_hard_dataset_is_deterministic_with_holes_and_occlusion_that_round_trip(
         occluded += sum(int((g & other).any()) for i, g in enumerate(grown) for j, other in enumerate(masks) if i < j)
     assert holes >= 5 and occluded >= 20
     assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3, 4, 5}
+
+
+def _record_itself(record):
+    return record
+
+
+def _loaded_records(tmp_path):
+    """Records of a small COCO file with every annotation kind: polygons, compressed and uncompressed RLE, a crowd
+    region, a box without a mask, and an image without annotations."""
+    from pycocotools import mask as mask_util
+
+    rle = {"size": [20, 30], "counts": [40, 5, 15, 5, 535]}
+    compressed = mask_util.encode(np.asfortranarray(np.pad(np.ones((5, 2), np.uint8), ((0, 15), (2, 26)))))
+    json_file, images = _write_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 10], "iscrowd": 0,
+         "segmentation": [[2, 2, 12, 2, 12, 12.5], [1, 1, 3, 1, 3, 3]]},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [2, 0, 2, 5], "segmentation": rle, "iscrowd": 1},
+        {"id": 3, "image_id": 1, "category_id": 3, "bbox": [2, 0, 2, 5], "iscrowd": 0,
+         "segmentation": {"size": [20, 30], "counts": compressed["counts"].decode()}},
+        {"id": 4, "image_id": 1, "category_id": 7, "bbox": [5, 5, 3, 3], "iscrowd": 0},
+    ])
+    return load_coco_json(json_file, images)
+
+
+def test_serialized_records_equal_the_loaded_ones_and_survive_pickling(tmp_path):
+    import pickle
+
+    from ifr.data.serialized_records import SerializedRecords
+
+    records = _loaded_records(tmp_path) * 3
+    records[1] = {**records[1], "annotations": [], "image_id": 9}
+    serialized = SerializedRecords(records)
+    assert len(serialized) == 3 and list(serialized) == records and serialized[-1] == records[-1]
+    assert serialized[0] is not serialized[0]  # a fresh copy each time: nothing shared is written to
+    assert list(pickle.loads(pickle.dumps(serialized))) == records
+    with pytest.raises(IndexError):
+        serialized[3]
+    assert list(SerializedRecords([])) == []
+
+
+def test_loader_workers_read_the_serialized_records(tmp_path):
+    """A real DataLoader with 2 forked workers maps every record from the shared buffer."""
+    from ifr.data.build import MapDataset
+    from ifr.data.serialized_records import SerializedRecords
+
+    records = [{**record, "image_id": i} for i, record in enumerate(_loaded_records(tmp_path) * 6)]
+    dataset = MapDataset(SerializedRecords(records), _record_itself)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
+    assert list(loader) == records
+    seeded = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2,
+                                         sampler=[(i, 100 + i) for i in range(len(records))])
+    assert list(seeded) == records
+
+
+def test_the_loaders_hold_serialized_records_equal_to_the_dataset(datasets_root):
+    from ifr.config import RCNNFPNConfig
+    from ifr.data import build_test_loader, build_train_loader
+    from ifr.data.serialized_records import SerializedRecords
+
+    config = RCNNFPNConfig()
+    config.merge_from_list(["DATASETS.TRAIN", "('synthetic_shapes_val',)", "DATALOADER.NUM_WORKERS", "0",
+                            "MODEL.ROI_HEADS.NUM_CLASSES", len(CLASSES)])
+    expected = get_dataset_dicts("synthetic_shapes_val")
+    for loader in (build_train_loader(config, seed=0), build_test_loader(config, "synthetic_shapes_val")):
+        assert isinstance(loader.dataset.records, SerializedRecords) and list(loader.dataset.records) == expected

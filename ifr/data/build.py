@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -10,23 +11,25 @@ from torch.utils.data import DataLoader, Dataset
 from ifr.errors import UserError
 
 from .catalog import get_dataset_dicts, get_metadata
-from .coco import check_coco_evaluable, check_coco_paths, load_coco_api
+from .coco import DatasetError, check_coco_evaluable, check_coco_paths, load_coco_api
 from .image_reader import ImageReadError
 from .mapper import DatasetMapper, TTADatasetMapper
 from .samplers import GroupedInfiniteBatchSampler, InferenceSampler
+from .serialized_records import SerializedRecords
 
 logger = logging.getLogger(__name__)
 
 
 class MapDataset(Dataset):
-    """Records mapped on access (in the loader's worker processes). An ``(index, seed)`` key maps
+    """Records mapped on access (in the loader's worker processes); the loaders give them as
+    ``SerializedRecords``, which forked workers share without copying. An ``(index, seed)`` key maps
     with the random state seeded by ``seed``, so augmentation does not depend on the worker.
 
     With ``skip_unreadable``, a record whose image is missing or corrupt is replaced by the next
     readable one (a warning names the file and counts the skips of this process).
     """
 
-    def __init__(self, records: list[dict], mapper, skip_unreadable: bool = False):
+    def __init__(self, records: Sequence[dict], mapper, skip_unreadable: bool = False):
         self.records, self.mapper, self.skip_unreadable = records, mapper, skip_unreadable
         self.skipped = 0
 
@@ -75,11 +78,33 @@ def check_image_files(records: list[dict], skip_missing: bool) -> list[dict]:
     return [r for r in records if r["file_name"] not in gone]
 
 
-def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False) -> list[dict]:
+def check_category_count(dataset_name: str, records: list[dict], num_classes: int) -> None:
+    """A ``DatasetError`` when a dataset has more categories (its ``thing_classes``, or the highest
+    contiguous category id of its records) than the model predicts: training would fail at its first
+    step with an index out of bounds."""
+    metadata = get_metadata(dataset_name)
+    used = max((a["category_id"] for r in records for a in r["annotations"]), default=-1) + 1
+    count = max(len(metadata.get("thing_classes", ())), used)
+    if count > num_classes:
+        source = f" ({metadata['json_file']})" if "json_file" in metadata else ""
+        raise DatasetError(f"dataset {dataset_name}{source} has {count} categories but the model predicts "
+                           f"{num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES): set MODEL.ROI_HEADS.NUM_CLASSES "
+                           f"{count}, or train on a dataset with at most {num_classes} categories")
+
+
+def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False,
+                       num_classes: int | None = None) -> list[dict]:
+    """The records of every dataset in ``dataset_names``, each checked against the model's
+    ``num_classes`` when given (``check_category_count``)."""
     if not dataset_names:
         raise UserError("DATASETS.TRAIN is empty: name at least one registered dataset, e.g. "
                         "DATASETS.TRAIN \"('synthetic_shapes_train',)\"")
-    records = [r for name in dataset_names for r in get_dataset_dicts(name)]
+    records = []
+    for name in dataset_names:
+        loaded = get_dataset_dicts(name)
+        if num_classes is not None:
+            check_category_count(name, loaded, num_classes)
+        records.extend(loaded)
     if filter_empty:
         before = len(records)
         records = [r for r in records if any(not a.get("iscrowd", 0) for a in r["annotations"])]
@@ -99,7 +124,7 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
     """Endless loader of lists of IMS_PER_BATCH / world_size mapped records, from batch ``start_batch``
     of the seeded stream on."""
     records = load_train_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
+                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // world_size
     if batch_size < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise UserError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a positive multiple of the "
@@ -108,7 +133,7 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
     mapper = DatasetMapper(cfg.INPUT.AUG.TRAIN_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=cfg.MODEL.MASK_ON)
     sampler = GroupedInfiniteBatchSampler(groups, batch_size, seed=seed, rank=rank, world_size=world_size,
                                           start_batch=start_batch)
-    dataset = MapDataset(records, mapper, skip_unreadable=cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
+    dataset = MapDataset(SerializedRecords(records), mapper, skip_unreadable=cfg.DATALOADER.SKIP_CORRUPT_IMAGES)
     # Its own generator: starting the loader must not draw from the global random state, which the
     # training step uses (a resumed run restores that state and must continue it exactly).
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list, generator=torch.Generator().manual_seed(seed),
@@ -132,7 +157,7 @@ def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1
     """One image per batch, this process's shard of the dataset, in order. With ``tta`` each image
     comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES; with
     ``with_boxes`` it carries its ground-truth ``instances`` (boxes, classes) at the input size."""
-    records = get_dataset_dicts(dataset_name)
+    records = SerializedRecords(get_dataset_dicts(dataset_name))
     if not records:
         raise UserError(f"dataset {dataset_name} has no images: there is nothing to evaluate")
     if with_boxes:  # the annotated mapping of training, with the test pipeline's deterministic resize

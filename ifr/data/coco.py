@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
 
+from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from ifr.errors import UserError
@@ -50,15 +52,19 @@ def check_coco_paths(json_file: str, image_root: str | None = None) -> None:
 
 
 def load_coco_api(json_file: str) -> COCO:
-    """pycocotools' index of ``json_file``, validated (``validate_coco_dataset``)."""
+    """pycocotools' index of ``json_file``, validated (``validate_coco_dataset``) before it is built."""
     check_coco_paths(json_file)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        try:
-            coco = COCO(json_file)
-        except (ValueError, KeyError, TypeError) as e:
-            raise DatasetError(f"{json_file} is not a valid COCO instances file ({type(e).__name__}: {e})") from e
-        if validate_coco_dataset(coco.dataset, json_file):
-            coco.createIndex()  # without the annotations dropped
+    coco = COCO()
+    try:
+        with open(json_file) as f:
+            coco.dataset = json.load(f)
+        if not isinstance(coco.dataset, dict):
+            raise TypeError(f"the file holds a {type(coco.dataset).__name__}, not an object")
+        validate_coco_dataset(coco.dataset, json_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            coco.createIndex()
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{json_file} is not a valid COCO instances file ({type(e).__name__}: {e})") from e
     return coco
 
 
@@ -88,14 +94,19 @@ def _is_box(bbox) -> bool:
             and bbox[2] >= 0 and bbox[3] >= 0)
 
 
-def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
-    """Checks a COCO instances file's contents (``COCO(json_file).dataset``) for what pycocotools
-    accepts but gets wrong: a ``DatasetError`` naming the file and the offending ids for duplicate
-    image, annotation or category ids (pycocotools keeps the last and moves or merges the others'
-    annotations), images without a file name or with a width/height that is not positive, annotations
-    whose category is not among the categories, and bboxes that are not [x, y, w, h] with w, h >= 0.
-    Annotations whose image_id is no image's are dropped from ``dataset`` (in place) with a warning:
-    pycocotools never reads them either. Returns whether any were dropped.
+def validate_coco_dataset(dataset: dict, json_file: str) -> None:
+    """Checks a COCO instances file's contents (its parsed json, before pycocotools indexes it) for
+    what pycocotools accepts but gets wrong or crashes on later: a ``DatasetError`` naming the file and
+    the offending ids for duplicate image, annotation or category ids (pycocotools keeps the last and
+    moves or merges the others' annotations), images without a file name or with a width/height that is not positive,
+    category ids that are not integers or not among the categories, bboxes that are not [x, y, w, h]
+    with w, h >= 0, and segmentations that are not drawable on their image (``_segmentation_problem``).
+
+    Changed in ``dataset`` (in place), each said once per file in a warning: annotations whose image_id
+    is no image's are dropped (pycocotools never reads them either), polygons of fewer than 3 points
+    are removed and annotations left without any polygon dropped (COCOeval would crash on them or read
+    them as boxes), a missing ``iscrowd`` is set to 0 and a missing ``area`` computed from the mask
+    (the box without one), as COCOeval needs both.
 
     Whether an image's width/height is its file's is checked when the image is read (every image
     would have to be opened here); see ``ifr.data.image_reader.check_image_size``.
@@ -117,24 +128,203 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> bool:
     unnamed = [image["id"] for image in images if not isinstance(image.get("file_name"), str)]
     if unnamed:
         raise DatasetError(f"{json_file}: images {_ids(unnamed)} have no file_name")
-    image_ids = {image["id"] for image in images}
-    orphans = [ann["id"] for ann in annotations if ann["image_id"] not in image_ids]
+    image_sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    orphans = [ann["id"] for ann in annotations if ann["image_id"] not in image_sizes]
     if orphans:
-        dataset["annotations"] = annotations = [ann for ann in annotations if ann["image_id"] in image_ids]
-        logger.warning("%s: dropped %d annotations whose image_id is no image's (annotations %s): they are neither "
-                       "trained on nor evaluated", json_file, len(orphans), _ids(orphans))
-    category_ids = {category["id"] for category in categories}
-    unknown = [ann for ann in annotations if ann.get("category_id") not in category_ids]
-    if unknown:
-        raise _annotations_error(json_file, unknown, "unknown categories",
-                                 f"category_id {unknown[0].get('category_id')} is not in the file's categories "
-                                 f"({_ids(sorted(category_ids))})")
+        dataset["annotations"] = annotations = [ann for ann in annotations if ann["image_id"] in image_sizes]
+        _warn_once(json_file, f"dropped {len(orphans)} annotations whose image_id is no image's (annotations "
+                              f"{_ids(orphans)}): they are neither trained on nor evaluated")
+    _check_category_ids(annotations, categories, json_file)
     malformed = [ann for ann in annotations if not _is_box(ann.get("bbox"))]
     if malformed:
         raise _annotations_error(json_file, malformed, "malformed bboxes",
                                  f"bbox must be [x, y, width, height] with width, height >= 0, got "
                                  f"{malformed[0].get('bbox')}")
-    return bool(orphans)
+    undrawable = [(ann, problem) for ann in annotations if "segmentation" in ann
+                  for problem in [_segmentation_problem(ann["segmentation"], *image_sizes[ann["image_id"]])] if problem]
+    if undrawable:
+        raise _annotations_error(json_file, [ann for ann, _ in undrawable], "malformed segmentations",
+                                 f"{undrawable[0][1]}. Fix or remove the annotation")
+    keypoint_counts = {c["id"]: len(c["keypoints"]) for c in categories if isinstance(c.get("keypoints"), list)}
+    bad_keypoints = [(ann, problem) for ann in annotations if "keypoints" in ann
+                     for problem in [_keypoints_problem(ann["keypoints"], keypoint_counts.get(ann["category_id"]))]
+                     if problem]
+    if bad_keypoints:
+        raise _annotations_error(json_file, [ann for ann, _ in bad_keypoints], "malformed keypoints",
+                                 f"{bad_keypoints[0][1]}. Fix or remove the annotation's keypoints")
+    without_polygons = _remove_degenerate_polygons(annotations)
+    if without_polygons:
+        dataset["annotations"] = annotations = [ann for ann in annotations if ann.get("segmentation") != []]
+        _warn_once(json_file, f"dropped {len(without_polygons)} annotations whose polygons all have fewer than 3 "
+                              f"points (annotations {_ids(without_polygons)}): they are neither trained on nor "
+                              "evaluated")
+    _fill_area_and_iscrowd(annotations, image_sizes, json_file)
+
+
+_JSON_TYPES = {str: "a string", float: "a number with a fraction", bool: "a boolean", list: "a list", dict: "an object",
+               type(None): "null"}
+
+
+def _json_type(value) -> str:
+    """How a json value of ``value``'s type is called in a message: "a string", "null", ..."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_category_ids(annotations: list[dict], categories: list[dict], json_file: str) -> None:
+    """Category ids must be integers (a string "1" is not the category 1 for pycocotools either) and
+    every annotation's must be one of the categories'."""
+    mistyped = [category["id"] for category in categories if not _is_integer(category["id"])]
+    if mistyped:
+        raise DatasetError(f"{json_file}: categories {_ids(json.dumps(i) for i in mistyped)} have ids that are not "
+                           "integers; write category ids as integers (e.g. 1, not \"1\")")
+    missing = [ann for ann in annotations if "category_id" not in ann]
+    if missing:
+        raise _annotations_error(json_file, missing, "no category_id", "it has no category_id; give each annotation "
+                                 "the id of one of the file's categories")
+    mistyped = [ann for ann in annotations if not _is_integer(ann["category_id"])]
+    if mistyped:
+        value = mistyped[0]["category_id"]
+        raise _annotations_error(json_file, mistyped, "category ids that are not integers",
+                                 f"category_id {json.dumps(value)} is {_json_type(value)}"
+                                 ", not an integer; write category ids as integers (e.g. 1, not \"1\")")
+    category_ids = {category["id"] for category in categories}
+    unknown = [ann for ann in annotations if ann["category_id"] not in category_ids]
+    if unknown:
+        raise _annotations_error(json_file, unknown, "unknown categories",
+                                 f"category_id {unknown[0]['category_id']} is not in the file's categories "
+                                 f"({_ids(sorted(category_ids))})")
+
+
+def _polygons_problem(polygons: list) -> str | None:
+    """What makes a list of polygons undrawable, or None. ``sum`` runs in C over each polygon's
+    coordinates: a non-number raises TypeError, a NaN or infinity makes the sum non-finite (a finite
+    sum that overflows is told apart by the second look)."""
+    for index, polygon in enumerate(polygons):
+        if not isinstance(polygon, list):
+            return f"polygon {index} is {_json_type(polygon)}; a polygon is a flat " \
+                   "list of (x, y) pairs [x1, y1, x2, y2, ...]"
+        if len(polygon) % 2:
+            return f"polygon {index} has {len(polygon)} numbers; a polygon is a flat list of (x, y) pairs " \
+                   "[x1, y1, x2, y2, ...]"
+        try:
+            total = sum(polygon)
+        except TypeError:
+            total = None
+        if total is None or not math.isfinite(total):
+            bad = next((v for v in polygon if not _is_number(v) or not math.isfinite(v)), None)
+            if bad is not None or total is None:
+                return f"polygon {index} has the coordinate {json.dumps(bad)}; coordinates must be finite numbers"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _rle_problem(rle: dict, height, width) -> str | None:
+    """What makes an RLE (COCO's compressed string or uncompressed list of run lengths) unusable on an
+    image of ``height`` x ``width``, or None."""
+    if "counts" not in rle or "size" not in rle:
+        return "an RLE segmentation needs 'counts' and 'size'"
+    size, counts = rle["size"], rle["counts"]
+    if not isinstance(size, list) or size != [height, width]:
+        return f"its RLE size {json.dumps(size)} is not its image's [height, width] [{height}, {width}]; encode " \
+               "the mask at the image's size"
+    if isinstance(counts, list):
+        try:
+            total, lowest = sum(counts), min(counts, default=0)
+        except TypeError:
+            total, lowest = None, None
+        if not _is_integer(total) or lowest < 0:
+            return "uncompressed RLE counts must be non-negative integers (run lengths)"
+        if total != height * width:
+            return f"its uncompressed RLE counts add up to {total} pixels, not its image's {height} x {width} = " \
+                   f"{height * width}"
+    elif not isinstance(counts, str):
+        return f"RLE counts are {_json_type(counts)}; they must be a list of run " \
+               "lengths or COCO's compressed string"
+    return None
+
+
+def _segmentation_problem(segmentation, height, width) -> str | None:
+    """What makes a segmentation undrawable on an image of ``height`` x ``width``, or None."""
+    if isinstance(segmentation, list):
+        return _polygons_problem(segmentation)
+    if isinstance(segmentation, dict):
+        return _rle_problem(segmentation, height, width)
+    return f"segmentation is {_json_type(segmentation)}; it must be " \
+           "polygons (a list) or an RLE (an object with size and counts)"
+
+
+def _remove_degenerate_polygons(annotations: list[dict]) -> list:
+    """Removes (in place) polygons of fewer than 3 points; the ids of annotations left without any
+    polygon (their segmentation is then ``[]``)."""
+    emptied = []
+    for ann in annotations:
+        polygons = ann.get("segmentation")
+        if isinstance(polygons, list) and (not polygons or any(len(polygon) < 6 for polygon in polygons)):
+            ann["segmentation"] = [polygon for polygon in polygons if len(polygon) >= 6]
+            if not ann["segmentation"]:
+                emptied.append(ann["id"])
+    return emptied
+
+
+def _keypoints_problem(keypoints, count: int | None) -> str | None:
+    """What makes ``keypoints`` unusable as COCO's [x1, y1, v1, ..., xK, yK, vK] for a category that
+    names ``count`` keypoints (None: the category names none), or None."""
+    if not isinstance(keypoints, list) or len(keypoints) % 3:
+        return "keypoints must be a list [x1, y1, v1, ..., xK, yK, vK] (a multiple of 3 numbers)"
+    if count is not None and len(keypoints) != 3 * count:
+        return f"keypoints hold {len(keypoints) // 3} points but the category names {count}"
+    if not all(_is_number(v) and -math.inf < v < math.inf for v in keypoints):
+        return "keypoints must be finite numbers (found a NaN, an infinity or a non-number)"
+    if any(v not in (0, 1, 2) for v in keypoints[2::3]):
+        return "each keypoint's visibility v must be 0 (not labelled), 1 (labelled, hidden) or 2 (visible)"
+    return None
+
+
+def _mask_area(segmentation, height: int, width: int) -> float:
+    """Pixel count of a (validated) segmentation, as COCO computes ``area``."""
+    if isinstance(segmentation, list):
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_util.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return float(mask_util.area(rle))
+
+
+def _fill_area_and_iscrowd(annotations: list[dict], image_sizes: dict, json_file: str) -> None:
+    """Sets (in place) a missing ``iscrowd`` to 0 and a missing ``area`` to the mask's pixel count (the
+    box's area for annotations without a mask), as COCOeval reads both; says so once per file."""
+    no_crowd_flag = no_area = 0
+    for ann in annotations:
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            no_crowd_flag += 1
+        if "area" not in ann:
+            bbox = ann["bbox"]
+            ann["area"] = _mask_area(ann["segmentation"], *(int(v) for v in image_sizes[ann["image_id"]])) \
+                if "segmentation" in ann else float(bbox[2] * bbox[3])
+            no_area += 1
+    filled = [f"{no_area} annotations have no 'area' (set to the pixel count of the mask, of the box without one)"
+              if no_area else "", f"{no_crowd_flag} annotations have no 'iscrowd' (set to 0)" if no_crowd_flag else ""]
+    if no_area or no_crowd_flag:
+        _warn_once(json_file, "; ".join(text for text in filled if text) + ", as the COCO tools expect")
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(json_file: str, text: str) -> None:
+    """A warning about ``json_file``, given once per process (a file is loaded again for every evaluation)."""
+    if (json_file, text) not in _WARNED:
+        _WARNED.add((json_file, text))
+        logger.warning("%s: %s", json_file, text)
 
 
 def _annotations_error(json_file: str, bad: list[dict], defect: str, problem: str) -> DatasetError:
@@ -166,58 +356,51 @@ def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = N
                        _ids(sorted(c["id"] for c in categories)[num_classes:]))
 
 
-def _check_segmentation(segm, where: str):
-    """The segmentation with degenerate polygons (fewer than 3 points) removed; a DatasetError for
-    malformed ones. An empty list means nothing drawable is left."""
-    if isinstance(segm, list):
-        for polygon in segm:
-            if not isinstance(polygon, list) or len(polygon) % 2:
-                raise DatasetError(f"{where}: a polygon must be a flat list of (x, y) pairs")
-        return [polygon for polygon in segm if len(polygon) >= 6]
-    if isinstance(segm, dict):
-        if "counts" not in segm or "size" not in segm:
-            raise DatasetError(f"{where}: an RLE segmentation needs 'counts' and 'size'")
-        return segm
-    raise DatasetError(f"{where}: segmentation must be polygons (list) or RLE (dict), got {type(segm).__name__}")
-
-
 def load_coco_json(json_file: str, image_root: str) -> list[dict]:
     """Records for every image of a COCO instances file (validated when loaded, see
-    ``validate_coco_dataset``; segmentations are checked here)."""
+    ``validate_coco_dataset``); annotations with an empty box are left out (counted in the log)."""
+    records, _ = _load_records(json_file, image_root)
+    return records
+
+
+def _load_records(json_file: str, image_root: str) -> tuple[list[dict], list[str]]:
+    """``load_coco_json``'s records and the file's class names in contiguous-id order."""
     check_coco_paths(json_file, image_root)
     coco = load_coco_api(json_file)
     id_map = contiguous_category_ids(coco)
     records = []
-    dropped = {"boxes": 0, "polygons": 0}
+    empty_boxes = 0
     for image_id in sorted(coco.getImgIds()):
         image = coco.imgs[image_id]
         annotations = []
         for ann in coco.imgToAnns.get(image_id, []):
-            where = f"{json_file}: annotation {ann['id']} of image {image_id}"
-            bbox = ann["bbox"]  # validated by load_coco_api
+            bbox = ann["bbox"]  # validated by load_coco_api, as the segmentation
             if bbox[2] == 0 or bbox[3] == 0:  # degenerate: nothing to learn from
-                dropped["boxes"] += 1
+                empty_boxes += 1
                 continue
             record_ann = {"bbox": [float(v) for v in bbox], "category_id": id_map[ann["category_id"]],
-                          "iscrowd": int(ann.get("iscrowd", 0))}
+                          "iscrowd": int(ann["iscrowd"])}
             if "segmentation" in ann:
-                record_ann["segmentation"] = _check_segmentation(ann["segmentation"], where)
-                if not record_ann["segmentation"]:
-                    dropped["polygons"] += 1
-                    continue
+                record_ann["segmentation"] = ann["segmentation"]
             if "keypoints" in ann:  # COCO's [x1, y1, v1, ..., xK, yK, vK]
                 record_ann["keypoints"] = ann["keypoints"]
             annotations.append(record_ann)
         records.append({"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
                         "width": image["width"], "image_id": image_id, "annotations": annotations})
     logger.info("loaded %d images from %s", len(records), json_file)
-    if dropped["boxes"] or dropped["polygons"]:
-        logger.warning("%s: dropped %d annotations with an empty box and %d whose polygons all have fewer than 3 "
-                       "points", json_file, dropped["boxes"], dropped["polygons"])
-    return records
+    if empty_boxes:
+        logger.warning("%s: dropped %d annotations with an empty box", json_file, empty_boxes)
+    return records, [coco.cats[i]["name"] for i in sorted(id_map)]
 
 
 def register_coco_instances(name: str, json_file: str, image_root: str, **metadata) -> None:
-    """Registers a COCO-format dataset under ``name`` (loaded lazily, evaluated with COCO AP)."""
-    register_dataset(name, lambda: load_coco_json(json_file, image_root),
-                     dict(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata))
+    """Registers a COCO-format dataset under ``name`` (loaded lazily, evaluated with COCO AP). Once
+    loaded, its metadata holds the file's ``thing_classes`` unless given."""
+    info = dict(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+
+    def loader() -> list[dict]:
+        records, class_names = _load_records(json_file, image_root)
+        info.setdefault("thing_classes", class_names)
+        return records
+
+    register_dataset(name, loader, info)
