@@ -252,6 +252,22 @@ def test_malformed_segmentations_are_an_error_naming_the_annotation(tmp_path, se
     _refused(json_file, images, f"annotation 2 of image 1: {problem}", "Fix or remove the annotation")
 
 
+@pytest.mark.parametrize("keypoints, problem", [
+    ([1, 1, 2, 3, 3], "a multiple of 3 numbers"),
+    ([1, 1, 2], "keypoints hold 1 points but the category names 2"),
+    ([1, 1, 2, float("nan"), 3, 2], "keypoints must be finite numbers"),
+    ([1, 1, 2, 3, 3, 5], "visibility v must be 0"),
+], ids=["not-triples", "wrong-count", "nan", "visibility"])
+def test_malformed_keypoints_are_an_error_naming_the_annotation(tmp_path, keypoints, problem):
+    categories = [{"id": 7, "name": "thing", "keypoints": ["a", "b"], "skeleton": []}]
+    good = {**_ann(1), "keypoints": [1, 1, 2, 3, 3, 1]}
+    json_file, images = _write(tmp_path, annotations=[good, {**_ann(2), "keypoints": keypoints}],
+                               categories=categories)
+    _refused(json_file, images, f"annotation 2 of image 1: {problem}", "Fix or remove the annotation's keypoints")
+    good_file, _ = _write(tmp_path, annotations=[good], categories=categories)
+    assert load_coco_json(good_file, images)[0]["annotations"][0]["keypoints"] == [1, 1, 2, 3, 3, 1]
+
+
 @pytest.mark.parametrize("compressed", [False, True], ids=["uncompressed", "compressed"])
 def test_an_rle_of_another_size_than_its_image_is_an_error(tmp_path, compressed):
     """It used to stop training at iteration 0 with numpy's "all input arrays must have the same shape"."""
