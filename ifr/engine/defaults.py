@@ -30,6 +30,7 @@ from .checkpoint import Checkpointer, training_checkpoints
 from .divergence import divergence_advice
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from .launch import check_device_name
+from .rendezvous import DEFAULT_JOIN_TIMEOUT_S
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
 from .random_state import RandomStates
 from .train_loop import SimpleTrainer, model_device
@@ -52,6 +53,10 @@ def default_argument_parser(description: str, test: bool = False) -> argparse.Ar
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto", help="init URL of the process group")
+    parser.add_argument("--join-timeout", type=float, default=DEFAULT_JOIN_TIMEOUT_S, metavar="SECONDS",
+                        help="how long the processes of several machines wait for each other at the start")
+    parser.add_argument("--slurm", action="store_true",
+                        help="one process per srun task: ranks and machine 0's address from SLURM's environment")
     if test:
         parser.add_argument("--start-iter", type=int, default=None, help="evaluate checkpoints from this iteration")
         parser.add_argument("--end-iter", type=int, default=None, help="... up to this iteration")
