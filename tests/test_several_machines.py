@@ -10,18 +10,21 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
+from ifr.engine.defaults import check_resumed_together
 from ifr.engine.launch import check_launch_arguments
-from ifr.engine.rendezvous import tcp_address
+from ifr.engine.rendezvous import JoinError, join_tcp_store, tcp_address
 from ifr.engine.slurm import expand_nodelist, slurm_task
 from ifr.errors import UserError
 from ifr.presets import small_model_overrides
 from ifr.tools import train_net
 from ifr.tools.config_reference import config_leaves
+from ifr.utils import comm
 
 from helpers import FOLDERS, ROOT, TINY
 from rank_weights import RANK_WEIGHTS
@@ -206,3 +209,44 @@ def test_slurm_without_srun_is_one_clear_error():
         slurm_task({key: value for key, value in SRUN_TASK_9.items() if key != "SLURM_PROCID"})
     with pytest.raises(UserError, match="node list 'gpu\\[07-' cannot be read.*set MASTER_ADDR"):
         slurm_task({**SRUN_TASK_9, "SLURM_JOB_NODELIST": "gpu[07-"})
+
+
+def test_machines_that_resume_from_different_checkpoints_stop_with_one_message(monkeypatch):
+    """Machine 1 sees no checkpoint in its OUTPUT_DIR (not a shared folder) and would start over."""
+    monkeypatch.setattr(comm, "all_gather", lambda item: [item, item, 0, 0])
+    with pytest.raises(UserError, match=r"process 0 continues at iteration 4 and process 2, 3 at 0: the machines do "
+                                        r"not see the same checkpoints in /out; put OUTPUT_DIR on a filesystem"):
+        check_resumed_together(4, "/out")
+    monkeypatch.setattr(comm, "all_gather", lambda item: [item, item])
+    check_resumed_together(4, "/out")
+
+
+def test_the_machines_that_did_not_join_are_named():
+    """3 machines x 2 processes; machine 2 never starts: the processes that came name it."""
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    errors = {}
+
+    def join(rank):
+        try:
+            join_tcp_store(url, rank, 6, 2, 2.0, "start it")
+        except JoinError as e:
+            errors[rank] = str(e)
+
+    threads = [threading.Thread(target=join, args=(rank,)) for rank in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors[0] == f"machine rank 2 of 3 (process 4-5 of 6) did not join {url} within 2 s: start it"
+    assert set(errors) == {0, 1, 2, 3}  # each ends: with the same message, or told that process 0 stopped
+
+
+def test_a_port_in_use_on_machine_0_is_one_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        url = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(JoinError, match=f"process 0 cannot serve {url} on this machine .*address already in use.*"
+                                            "the port is taken.*pass --dist-url with machine 0's address and a free "
+                                            "port"):
+            join_tcp_store(url, 0, 2, 1, 2.0, "")

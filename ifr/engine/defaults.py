@@ -327,3 +327,18 @@ class DefaultTrainer(SimpleTrainer):
             raise TrainingDivergedError(f"{e}. {advice}") from None
         if self.eval_hook.last_results:  # the final model's evaluation
             check_expected_results(self.cfg, self.eval_hook.last_results)
+
+
+def check_resumed_together(start_iter: int, output_dir: str) -> None:
+    """Every process of a job continues at the same iteration. With ``--resume`` each process loads
+    the checkpoint from its own view of OUTPUT_DIR: a machine that does not share the folder would
+    start over while the others continue, and the job would hang in the first collective they no
+    longer share."""
+    starts = comm.all_gather(start_iter)
+    others = sorted({start for start in starts if start != starts[0]})
+    if others:
+        ranks = [rank for rank, start in enumerate(starts) if start != starts[0]]
+        raise UserError(f"--resume: process 0 continues at iteration {starts[0]} and process "
+                        f"{', '.join(map(str, ranks))} at {', '.join(map(str, others))}: the machines do not see the "
+                        f"same checkpoints in {output_dir}; put OUTPUT_DIR on a filesystem every machine shares (or "
+                        "copy machine 0's checkpoints there) and run the command again")

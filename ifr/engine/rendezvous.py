@@ -83,26 +83,25 @@ def join_tcp_store(url: str, rank: int, world_size: int, num_per_machine: int, t
         try:
             store = dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
         except dist.DistNetworkError as e:
-            raise JoinError(f"process 0 cannot serve {url} on this machine ({e}): the port is in use or the address "
-                            "is not this machine's; pass --dist-url with machine 0's address and a free port") from None
+            raise JoinError(f"process 0 cannot serve {url} on this machine ({e}): the port is taken (another job?); "
+                            "pass --dist-url with machine 0's address and a free port") from None
     else:
         _wait_until_reachable(host, port, deadline, url, timeout_s, advice)
-        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
-    store.set(f"ifr/joined/{rank}", "1")
+        try:
+            store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+        except dist.DistError as e:
+            raise JoinError(f"what answers at {url} is not this job's process 0 ({e}): {advice}") from None
     keys = [f"ifr/joined/{r}" for r in range(world_size)]
-    while not _all_joined(store, keys, url):
-        if time.monotonic() >= deadline:
-            missing = [r for r in range(world_size) if not store.check([keys[r]])]
-            machines = sorted({r // num_per_machine for r in missing})
-            num_machines = world_size // num_per_machine
-            raise JoinError(f"machine rank {_ranges(machines)} of {num_machines} (process {_ranges(missing)} of "
-                            f"{world_size}) did not join {url} within {timeout_s:g} s: {advice}")
-        time.sleep(_POLL_S)
-    return store
-
-
-def _all_joined(store: dist.TCPStore, keys: list[str], url: str) -> bool:
     try:
-        return store.check(keys)
+        store.set(keys[rank], "1")
+        while not store.check(keys):
+            if time.monotonic() >= deadline:
+                missing = [r for r in range(world_size) if not store.check([keys[r]])]
+                machines = sorted({r // num_per_machine for r in missing})
+                raise JoinError(f"machine rank {_ranges(machines)} of {world_size // num_per_machine} (process "
+                                f"{_ranges(missing)} of {world_size}) did not join {url} within {timeout_s:g} s: "
+                                f"{advice}")
+            time.sleep(_POLL_S)
     except dist.DistError:  # process 0 gave up waiting (it says who is missing) or was stopped
         raise JoinError(f"process 0 at {url} stopped before every process joined: see machine 0's error") from None
+    return store
