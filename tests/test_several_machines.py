@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from ifr.engine.defaults import check_resumed_together
+from ifr.engine.defaults import check_resumed_together, default_argument_parser
 from ifr.engine.launch import check_launch_arguments
 from ifr.engine.rendezvous import JoinError, join_tcp_store, tcp_address
 from ifr.engine.slurm import expand_nodelist, slurm_task
@@ -64,7 +64,7 @@ def _run_pair(commands: list[list[str]], cwd, envs: list[dict], weights_dir) -> 
     """Starts the two machines' commands at once; both must succeed within the limit."""
     os.makedirs(weights_dir, exist_ok=True)
     base = {**os.environ, "OMP_NUM_THREADS": "1", RANK_WEIGHTS: str(weights_dir),
-            "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+            "PYTHONPATH": os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))}
     processes = [subprocess.Popen(command, cwd=cwd, env={**base, **env}, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for command, env in zip(commands, envs)]
     outputs = []
@@ -189,6 +189,19 @@ def test_slurm_node_lists_expand_as_scontrol_does(nodelist, hosts):
 def test_malformed_node_lists_are_refused(nodelist):
     with pytest.raises(ValueError):
         expand_nodelist(nodelist)
+
+
+def test_the_sbatch_example_runs_pods_train_under_srun_with_flags_it_has():
+    script = os.path.join(ROOT, "scripts", "slurm_train.sbatch")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    lines = open(script).read().splitlines()
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gres=gpu:8",
+            "#SBATCH --requeue"} <= set(lines)
+    srun = next(line.split() for line in lines if line.startswith("srun "))
+    flags = srun[srun.index("pods_train.sh") + 1:-1]
+    assert flags == ["--slurm", "--resume"]
+    args = default_argument_parser("pods_train").parse_args(flags)  # an unknown flag would exit here
+    assert args.slurm and args.resume
 
 
 SRUN_TASK_9 = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",

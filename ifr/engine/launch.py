@@ -97,8 +97,8 @@ class _Member:
 def _init(member: _Member) -> None:
     if member.device_type == "cuda":
         if member.local_rank >= torch.cuda.device_count():
-            raise UserError(f"process {member.local_rank} of this machine needs GPU {member.local_rank} and the machine "
-                            f"shows {torch.cuda.device_count()}: start fewer processes per machine (--num-gpus, "
+            raise UserError(f"process {member.local_rank} of this machine needs GPU {member.local_rank} and the "
+                            f"machine shows {torch.cuda.device_count()}: start fewer processes per machine (--num-gpus, "
                             "srun --ntasks-per-node), or run on the CPU (MODEL.DEVICE cpu)")
         torch.cuda.set_device(member.local_rank)
     backend = _backend(member.device_type)
@@ -170,8 +170,8 @@ def check_launch_arguments(num_per_machine: int, num_machines: int, machine_rank
     if num_per_machine < 1 or num_machines < 1:
         raise UserError(f"--num-gpus ({num_per_machine}) and --num-machines ({num_machines}) must be >= 1")
     if not 0 <= machine_rank < num_machines:
-        raise UserError(f"--machine-rank {machine_rank} with --num-machines {num_machines}: machine ranks run from 0 to "
-                        f"{num_machines - 1} (0 on the machine --dist-url names)")
+        raise UserError(f"--machine-rank {machine_rank} with --num-machines {num_machines}: machine ranks run from 0 "
+                        f"to {num_machines - 1} (0 on the machine --dist-url names)")
     check_dist_url(dist_url)
     if dist_url == "auto" and num_machines > 1 and not started_by_torchrun():
         raise UserError("--dist-url auto works on one machine only: pass --dist-url tcp://<machine 0>:<port>, the same "
