@@ -14,6 +14,7 @@ import shlex
 import sys
 
 import pytest
+from torch.distributed.run import get_args_parser as torchrun_parser
 
 from ifr.config import ConfigError, RCNNFPNConfig
 from ifr.paths import EXPERIMENTS
@@ -148,6 +149,12 @@ def check_command(tokens, cwd, where):
         tool = os.path.basename(args[0])[:-3]
         if tool in CONSOLE_SCRIPTS:
             check_arguments(args[1:], help_text(CONSOLE_SCRIPTS[tool], "module"), where)
+    elif program == "torchrun":  # torchrun's flags, then the module it runs with that module's flags
+        module = args.index("-m")
+        check_arguments(args[:module], torchrun_parser().format_help(), where)
+        check_arguments(args[module + 2:], help_text(args[module + 1], "module"), where)
+    elif program == "sbatch":
+        assert os.path.isfile(os.path.join(cwd, args[-1])), f"{where}: no file {args[-1]}"
     elif program in ("python", "python3"):
         if args[0] == "-m":
             check_arguments(args[2:], help_text(args[1], "module"), where)

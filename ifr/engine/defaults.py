@@ -30,6 +30,7 @@ from .checkpoint import Checkpointer, training_checkpoints
 from .divergence import divergence_advice
 from .events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from .launch import check_device_name
+from .rendezvous import DEFAULT_JOIN_TIMEOUT_S
 from .hooks import EquilibriumStatsHook, EvalHook, LRSchedulerHook, PeriodicCheckpointer, PeriodicWriter
 from .random_state import RandomStates
 from .train_loop import SimpleTrainer, model_device
@@ -52,6 +53,10 @@ def default_argument_parser(description: str, test: bool = False) -> argparse.Ar
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto", help="init URL of the process group")
+    parser.add_argument("--join-timeout", type=float, default=DEFAULT_JOIN_TIMEOUT_S, metavar="SECONDS",
+                        help="how long the processes of several machines wait for each other at the start")
+    parser.add_argument("--slurm", action="store_true",
+                        help="one process per srun task: ranks and machine 0's address from SLURM's environment")
     if test:
         parser.add_argument("--start-iter", type=int, default=None, help="evaluate checkpoints from this iteration")
         parser.add_argument("--end-iter", type=int, default=None, help="... up to this iteration")
@@ -322,3 +327,18 @@ class DefaultTrainer(SimpleTrainer):
             raise TrainingDivergedError(f"{e}. {advice}") from None
         if self.eval_hook.last_results:  # the final model's evaluation
             check_expected_results(self.cfg, self.eval_hook.last_results)
+
+
+def check_resumed_together(start_iter: int, output_dir: str) -> None:
+    """Every process of a job continues at the same iteration. With ``--resume`` each process loads
+    the checkpoint from its own view of OUTPUT_DIR: a machine that does not share the folder would
+    start over while the others continue, and the job would hang in the first collective they no
+    longer share."""
+    starts = comm.all_gather(start_iter)
+    others = sorted({start for start in starts if start != starts[0]})
+    if others:
+        ranks = [rank for rank, start in enumerate(starts) if start != starts[0]]
+        raise UserError(f"--resume: process 0 continues at iteration {starts[0]} and process "
+                        f"{', '.join(map(str, ranks))} at {', '.join(map(str, others))}: the machines do not see the "
+                        f"same checkpoints in {output_dir}; put OUTPUT_DIR on a filesystem every machine shares (or "
+                        "copy machine 0's checkpoints there) and run the command again")

@@ -59,7 +59,8 @@ def test_worker(args) -> None:
 def run(args) -> None:
     check_arguments(args)
     launch(test_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
-           device=configured_device(os.getcwd(), args.opts))
+           device=configured_device(os.getcwd(), args.opts),
+           join_timeout_s=args.join_timeout, slurm=args.slurm)
 
 
 def main(argv: list[str] | None = None) -> None:

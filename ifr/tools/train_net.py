@@ -6,7 +6,7 @@ import logging
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, evaluate
-from ifr.engine.defaults import check_arguments, check_expected_results
+from ifr.engine.defaults import check_arguments, check_expected_results, check_resumed_together
 from ifr.engine.launch import launch
 from ifr.errors import UserError
 from ifr.utils import comm
@@ -37,13 +37,15 @@ def train_worker(args) -> None:
         return
     trainer = DefaultTrainer(config, build_model)
     trainer.resume_or_load(resume=args.resume, overwrite=args.overwrite)
+    check_resumed_together(trainer.start_iter, config.OUTPUT_DIR)
     trainer.train()
 
 
 def run(args) -> None:
     check_arguments(args)
     launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
-           device=configured_device(os.getcwd(), args.opts))
+           device=configured_device(os.getcwd(), args.opts),
+           join_timeout_s=args.join_timeout, slurm=args.slurm)
 
 
 def main(argv: list[str] | None = None) -> None:
