@@ -165,8 +165,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
-    """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
+# What an evaluation (pods_test, --eval-only) records of its config, beside the training's config.json
+# (which it never rewrites: that is the record of what was trained).
+EVALUATION_CONFIG_RECORD = "config_evaluation.json"
+
+
+def default_setup(cfg, args, world_size: int = 1, rank: int = 0, record: str = "config.json") -> None:
+    """Output folder, logging, schedule scaling, seed, device; logs the final config and dumps it to
+    ``OUTPUT_DIR/record`` (``EVALUATION_CONFIG_RECORD`` for commands that only evaluate)."""
     check_supported(cfg)
     check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg), tuple(cfg.DATASETS.TEST))
     setup_logger(cfg.OUTPUT_DIR, rank)
@@ -182,7 +188,7 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     resolve_device(cfg)
     logger.info("config differences from %s:\n%s", type(cfg).__mro__[1].__name__, cfg.diff(cfg.base_defaults()))
     if rank == 0:
-        cfg.dump(os.path.join(cfg.OUTPUT_DIR, "config.json"))
+        cfg.dump(os.path.join(cfg.OUTPUT_DIR, record))
     if not args.eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 

@@ -41,9 +41,10 @@ def load_experiment(folder: str) -> tuple[object, Callable]:
     return config, build_model
 
 
-def configured_device(folder: str, overrides: list[str]) -> str:
-    """MODEL.DEVICE of the experiment in ``folder`` with the command line's ``KEY VALUE`` overrides:
-    the launcher needs it before the processes start (it chooses their process group's backend)."""
+def configured(folder: str, overrides: list[str]):
+    """The config of the experiment in ``folder`` with the command line's ``KEY VALUE`` overrides, as
+    the launcher needs it before the processes start: MODEL.DEVICE chooses their process group's
+    backend, OUTPUT_DIR is the folder the job claims."""
     config, _ = load_experiment(folder)
     config.merge_from_list(overrides)
-    return config.MODEL.DEVICE
+    return config
