@@ -19,7 +19,7 @@ import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_setup, evaluate
 from ifr.engine.defaults import EVALUATION_CONFIG_RECORD, check_arguments
-from ifr.engine.run_lock import claim_run_folder
+from ifr.utils.run_lock import claim_run_folder
 from ifr.errors import UserError
 from ifr.presets.small_model import IFR_EXPERIMENT, small_model_overrides
 

@@ -13,7 +13,7 @@ from ifr.engine import Checkpointer, default_argument_parser, default_setup, eva
 from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
 from ifr.engine.defaults import EVALUATION_CONFIG_RECORD, check_arguments, check_expected_results
 from ifr.engine.launch import launch
-from ifr.engine.run_lock import claim_run_folder, launches_the_job
+from ifr.utils.run_lock import claim_run_folder, launches_the_job
 from ifr.errors import UserError
 from ifr.utils import comm
 

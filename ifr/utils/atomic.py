@@ -81,7 +81,7 @@ def remove_leftover_temporaries(folder: str) -> list[str]:
     """Removes the temporary files of writes that were killed before their rename, in ``folder`` and
     its subfolders, and the file sets of ``StagedFiles`` commits that were cut short; returns their
     paths. Only for a folder no other command is writing (the run folder's owner, see
-    ``ifr.engine.run_lock``): a live writer's temporary file looks the same."""
+    ``ifr.utils.run_lock``): a live writer's temporary file looks the same."""
     removed = []
     for root, dirs, files in os.walk(folder):
         current = os.path.join(root, _CURRENT)

@@ -107,6 +107,7 @@ def claim_run_folder(folder: str, purpose: str = "set another OUTPUT_DIR") -> It
                         "OUTPUT_DIR to a folder you can write (e.g. OUTPUT_DIR /tmp/run1)") from None
     path = os.path.join(folder, LOCK_NAME)
     fd = _open_locked(path, folder, purpose)
+    claimed = False
     try:
         previous = _read_owner(fd)
         host = socket.gethostname()
@@ -129,6 +130,7 @@ def claim_run_folder(folder: str, purpose: str = "set another OUTPUT_DIR") -> It
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(owner).encode())
         os.fsync(fd)
+        claimed = True
         removed = remove_leftover_temporaries(folder)
         if removed:
             logger.warning("removed %d temporary file(s) left in %s by an interrupted write: %s", len(removed), folder,
@@ -136,7 +138,7 @@ def claim_run_folder(folder: str, purpose: str = "set another OUTPUT_DIR") -> It
         yield
     finally:
         with contextlib.suppress(OSError):
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            if claimed and os.fstat(fd).st_ino == os.stat(path).st_ino:
                 os.remove(path)  # while still holding the flock: a waiting claimer re-opens the new file
         os.close(fd)
 
