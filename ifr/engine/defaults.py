@@ -301,6 +301,10 @@ class DefaultTrainer(SimpleTrainer):
                 logger.info("--resume: the config changes the checkpoint's %s; applied from iteration %d on (LR %g "
                             "there)", ", ".join(changes), self.start_iter,
                             max(g["lr"] for g in self.optimizer.param_groups))
+            planned, max_iter = resumed[1].get("max_iter"), self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER
+            if planned is not None and planned != max_iter:  # (checkpoints record the MAX_ITER they were written under)
+                logger.info("--resume: SOLVER.LR_SCHEDULER.MAX_ITER %d -> %d: the run now ends after iteration %d "
+                            "(the checkpoint's run was to end after %d)", planned, max_iter, max_iter - 1, planned - 1)
             if self.start_iter > 0:  # continue the data stream where the checkpointed run was
                 self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
             return

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from ifr.deq import EquilibriumRefinement
+from ifr.deq.unconverged import UnconvergedSolves
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,6 +37,11 @@ def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool
     start = time.perf_counter()
     compute = 0.0
     on_gpu = next(model.parameters()).device.type == "cuda"
+    # Test-time solves that end above their tolerance: the warning training gives, once at the end.
+    unconverged = UnconvergedSolves()
+    watched = [layer.register_forward_hook(lambda module, args, output, tag=name or "refinement": unconverged.add(
+        tag.replace("roi_heads.", ""), "forward", module.last_stats) if module.last_stats is not None else None)
+        for name, layer in model.named_modules() if isinstance(layer, EquilibriumRefinement)]
     try:
         with torch.no_grad():
             for inputs in tqdm(loader, total=total, desc="inference", disable=not show_progress, mininterval=2.0,
@@ -46,6 +54,9 @@ def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool
                 evaluator.process(inputs, outputs)
     finally:
         model.train(was_training)
+        for hook in watched:
+            hook.remove()
+    unconverged.warn(f"this evaluation ({total} batches)")
     timing = InferenceTiming(total, time.perf_counter() - start, compute)
     logger.info("Total inference time: %s (%.4f s / image); pure compute time: %s (%.4f s / image)",
                 datetime.timedelta(seconds=int(timing.total_s)), timing.total_s / max(total, 1),

@@ -70,6 +70,9 @@ def class_names(cfg) -> list[str] | None:
 
 
 def run(args) -> None:
+    if not 0 <= args.confidence_threshold <= 1:
+        raise UserError(f"--confidence-threshold is a score between 0 and 1, got {args.confidence_threshold}: e.g. "
+                        "--confidence-threshold 0.5")
     files = expand_inputs(args.input)
     config, model = load_trained_model(args)
     predictor = DefaultPredictor(config, model)

@@ -28,6 +28,9 @@ from .experiment import load_experiment, run_reporting_user_errors
 
 def run(args) -> None:
     check_arguments(args)
+    if args.max_iter < 0:
+        raise UserError(f"--max-iter is a number of training iterations (>= 0; 0 evaluates the untrained model), got "
+                        f"{args.max_iter}")
     config, build_model = load_experiment(args.experiment)
     config.merge(small_model_overrides(args.max_iter, experiment=args.experiment))
     config.merge_from_list(args.opts)
