@@ -28,6 +28,16 @@ class InferenceTiming:
         return self.compute_s / max(self.images, 1)
 
 
+def _counting_solves(unconverged: UnconvergedSolves, name: str):
+    """A forward hook counting an equilibrium layer's solve (every call: TTA runs the model per view)."""
+    tag = (name or "refinement").replace("roi_heads.", "")
+
+    def count(module, args, output) -> None:
+        if module.last_stats is not None:  # None while the layer runs unrolled
+            unconverged.add(tag, "forward", module.last_stats)
+    return count
+
+
 def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool = True) -> InferenceTiming:
     """Feeds ``evaluator.process`` with the model's outputs (eval mode, no grad) on every batch."""
     total = len(loader)
@@ -39,9 +49,8 @@ def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool
     on_gpu = next(model.parameters()).device.type == "cuda"
     # Test-time solves that end above their tolerance: the warning training gives, once at the end.
     unconverged = UnconvergedSolves()
-    watched = [layer.register_forward_hook(lambda module, args, output, tag=name or "refinement": unconverged.add(
-        tag.replace("roi_heads.", ""), "forward", module.last_stats) if module.last_stats is not None else None)
-        for name, layer in model.named_modules() if isinstance(layer, EquilibriumRefinement)]
+    watched = [layer.register_forward_hook(_counting_solves(unconverged, name))
+               for name, layer in model.named_modules() if isinstance(layer, EquilibriumRefinement)]
     try:
         with torch.no_grad():
             for inputs in tqdm(loader, total=total, desc="inference", disable=not show_progress, mininterval=2.0,
