@@ -118,9 +118,12 @@ def test_the_owner_removes_temporaries_of_killed_writes_and_says_so(tmp_path, mo
     monkeypatch.undo()
     (tmp_path / "notes.tmp.txt").write_text("a user's file")  # not one of atomic's names: kept
     (tmp_path / ".hidden.tmp").write_text("also kept")
+    deep = os.path.join("a", "b", ".x.abcdefgh.tmp.json")  # deeper than the run folder's own subfolders: kept
+    os.makedirs(tmp_path / "a" / "b")
+    (tmp_path / deep).write_text("someone else's")
     with claim_run_folder(str(tmp_path)):
         left = sorted(os.path.relpath(os.path.join(r, n), tmp_path) for r, _, files in os.walk(tmp_path) for n in files)
-    assert left == sorted([".hidden.tmp", LOCK_NAME, "notes.tmp.txt"])
+    assert left == sorted([".hidden.tmp", LOCK_NAME, "notes.tmp.txt", deep])
     assert "removed 3 temporary file(s) left in" in lock_log.text and ".model_0000019." in lock_log.text
 
 

@@ -74,27 +74,31 @@ def open_atomically(path: str, mode: str = "w", **kwargs) -> Iterator:
 # The names ``_temporary_path`` and ``StagedFiles`` give: ``.<stem>.<mkstemp's 8 characters>.tmp[.ext]``.
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?")
 _SET_PREFIX = ".set-"
+_SET = re.compile(re.escape(_SET_PREFIX) + r"[a-z0-9_]{8}")
 _CURRENT = ".current_set"
 
 
 def remove_leftover_temporaries(folder: str) -> list[str]:
     """Removes the temporary files of writes that were killed before their rename, in ``folder`` and
-    its subfolders, and the file sets of ``StagedFiles`` commits that were cut short; returns their
-    paths. Only for a folder no other command is writing (the run folder's owner, see
+    its direct subfolders (a run folder's ``inference/``; not deeper, in case OUTPUT_DIR is a folder
+    holding other things), and the file sets of ``StagedFiles`` commits that were cut short; returns
+    their paths. Only for a folder no other command is writing (the run folder's owner, see
     ``ifr.utils.run_lock``): a live writer's temporary file looks the same."""
     removed = []
+    depth = os.path.abspath(folder).rstrip(os.sep).count(os.sep)
     for root, dirs, files in os.walk(folder):
         current = os.path.join(root, _CURRENT)
         live_set = os.readlink(current) if os.path.islink(current) else None
         for name in files + dirs:
             path = os.path.join(root, name)
-            if _TEMPORARY.fullmatch(name) or (name.startswith(_SET_PREFIX) and name != live_set):
+            if _TEMPORARY.fullmatch(name) or (_SET.fullmatch(name) and name != live_set):
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     _remove(path)
                 removed.append(path)
-        dirs[:] = [d for d in dirs if not d.startswith(_SET_PREFIX) and not _TEMPORARY.fullmatch(d)]
+        at_depth = os.path.abspath(root).count(os.sep) - depth
+        dirs[:] = [] if at_depth >= 1 else [d for d in dirs if os.path.join(root, d) not in removed]
     return sorted(removed)
 
 
