@@ -50,8 +50,9 @@ def test_cuda_without_a_gpu_falls_back_to_the_cpu_group(monkeypatch):
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_pods_train_launches_with_the_configured_device(device, monkeypatch):
+def test_pods_train_launches_with_the_configured_device(device, monkeypatch, tmp_path):
     seen = {}
+    monkeypatch.setenv("IFR_OUTPUT_ROOT", str(tmp_path))  # the launcher claims OUTPUT_DIR
     monkeypatch.setattr(train_net, "launch", lambda *a, **k: seen.update(k))
     monkeypatch.chdir(os.path.join(ROOT, FOLDERS["ifr"]))
     train_net.main(["--num-gpus", "2", "MODEL.DEVICE", device])

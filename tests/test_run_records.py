@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ifr.config import ConfigError, RCNNFPNConfig
+from ifr.engine.checkpoint import training_checkpoints
 from ifr.engine.divergence import rise_start
 from ifr.solver import warmup_multistep_factor
 from ifr.tools import quickstart
@@ -52,6 +53,7 @@ def test_resume_applies_a_changed_base_lr_and_schedule_and_records_them(tmp_path
     changed = re.search(r"--resume: the config changes the checkpoint's (.*); applied from iteration 4 on", log)
     assert changed and sorted(changed.group(1).split(", ")) == [
         "SOLVER.LR_SCHEDULER.STEPS [3] -> [5]", "SOLVER.OPTIMIZER.BASE_LR (x BIAS_LR_FACTOR for biases) 0.02 -> 0.0001"]
+    assert "--resume: SOLVER.LR_SCHEDULER.MAX_ITER 4 -> 6: the run now ends after iteration 5" in log  # issue 29 (8)
     solver = json.load(open(os.path.join(out, "config.json")))["SOLVER"]
     sched = solver["LR_SCHEDULER"]
     assert solver["OPTIMIZER"]["BASE_LR"] == 0.0001 and sched["MAX_ITER"] == 6
@@ -95,6 +97,11 @@ def _advice(err: str) -> tuple[str, str]:
 def test_divergence_from_the_start_advises_starting_over_and_that_works(tmp_path, monkeypatch):
     err = _quickstart(tmp_path, monkeypatch, ["--max-iter", "8"], *UNSTABLE, "SOLVER.OPTIMIZER.BASE_LR", "0.5")
     assert "No checkpoint of this run is from before the losses started rising" in err
+    # issue 29 (8): the checkpoints the message calls unusable are neither last_checkpoint nor offered to --resume
+    out = tmp_path / "quickstart"
+    aside = sorted(n for n in os.listdir(out) if n.endswith(".pth.diverged"))
+    assert aside and all(n in err for n in aside) and training_checkpoints(str(out)) == []
+    assert not (out / "last_checkpoint").exists()
     flag, lr = _advice(err)
     assert (flag, lr) == ("--overwrite", "0.05")
     assert _quickstart(tmp_path, monkeypatch, ["--max-iter", "8", flag], *UNSTABLE, "SOLVER.OPTIMIZER.BASE_LR", lr) == ""
@@ -112,6 +119,8 @@ def test_divergence_after_a_raised_lr_goes_back_to_the_last_healthy_checkpoint(t
     healthy = os.path.join(out, "model_final.pth")  # written after iteration 3, at LR 0.01
     assert f"from before the losses started rising (at iteration 5) is {healthy}" in err
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+    assert training_checkpoints(out)[-1] == healthy  # the ones written while the losses rose are set aside
+    assert sorted(os.listdir(out)).count("model_0000005.pth.diverged") == 1 and "model_0000005.pth" in err
     flag, lr = _advice(err)
     assert (flag, lr) == ("--resume", "0.01")
     assert _quickstart(tmp_path, monkeypatch, ["--max-iter", "4", flag], *UNSTABLE, *more,
@@ -173,18 +182,19 @@ def _umask() -> int:
 
 
 def test_staged_files_replace_the_previous_set_as_a_whole(tmp_path):
-    names = [str(tmp_path / n) for n in ("a.json", "b.pth", "c.json")]
-    with StagedFiles(names) as files:
+    names = ("a.json", "b.pth", "c.json")
+    with StagedFiles(str(tmp_path), names) as files:
         for n in names:
             files.stage(n, lambda p: open(p, "w").write("old"))
     with pytest.raises(OSError):  # the second file of the new set fails midway
-        with StagedFiles(names) as files:
+        with StagedFiles(str(tmp_path), names) as files:
             files.stage(names[0], lambda p: open(p, "w").write("new"))
             files.stage(names[1], lambda p: _half_then_fail(torch.save)(None, p))
-    assert [open(n).read() for n in names] == ["old"] * 3 and _leftovers(tmp_path) == []
-    with StagedFiles(names) as files:  # a set without c.json: the old c.json does not stay beside it
+    assert [open(tmp_path / n).read() for n in names] == ["old"] * 3 and _leftovers(tmp_path) == []
+    with StagedFiles(str(tmp_path), names) as files:  # a set without c.json: the old c.json does not stay beside it
         files.stage(names[0], lambda p: open(p, "w").write("new"))
-    assert sorted(os.listdir(tmp_path)) == ["a.json"]
+    assert sorted(n for n in os.listdir(tmp_path) if os.path.exists(tmp_path / n) and not n.startswith(".")) \
+        == ["a.json"]
 
 
 def test_an_interrupted_evaluation_keeps_the_previous_results(tmp_path, monkeypatch, val_subset):

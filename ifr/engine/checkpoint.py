@@ -21,6 +21,9 @@ from ifr.utils.atomic import open_atomically, write_atomically
 
 logger = logging.getLogger(__name__)
 
+# What a checkpoint written while the losses diverged is renamed to (kept, but never resumed from).
+DIVERGED_SUFFIX = ".diverged"
+
 __all__ = ["CheckpointError", "Checkpointer", "checkpoint_iteration", "non_finite_tensors", "training_checkpoints"]
 
 
@@ -82,6 +85,17 @@ class Checkpointer:
         """Makes ``last_checkpoint`` name ``path`` (the checkpoint ``--resume`` continues from)."""
         with open_atomically(os.path.join(self.save_dir, "last_checkpoint")) as f:
             f.write(os.path.basename(path))
+
+    def set_aside(self, path: str) -> str:
+        """Renames a checkpoint that must not be continued from (written while training diverged) to
+        ``<path>.diverged``, which ``training_checkpoints`` does not list, and drops ``last_checkpoint``
+        if it named it. Returns the new path."""
+        if self.last_checkpoint() == path:
+            os.remove(os.path.join(self.save_dir, "last_checkpoint"))
+        os.replace(path, path + DIVERGED_SUFFIX)
+        self.iterations.pop(path, None)
+        logger.info("set %s aside as %s", path, path + DIVERGED_SUFFIX)
+        return path + DIVERGED_SUFFIX
 
     def last_checkpoint(self) -> str | None:
         """The file ``last_checkpoint`` names, if it exists."""

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ifr.config import ConfigError
 from ifr.config.support import check_supported
-from ifr.data import build_test_loader, build_train_loader, check_datasets
+from ifr.data import build_test_loader, build_train_loader, check_datasets, get_dataset_dicts
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
 from ifr.evaluation.expected_results import check_expected_entries
@@ -170,8 +170,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
-    """Output folder, logging, schedule scaling, seed, device; logs and dumps the final config."""
+# What an evaluation (pods_test, --eval-only) records of its config, beside the training's config.json
+# (which it never rewrites: that is the record of what was trained).
+EVALUATION_CONFIG_RECORD = "config_evaluation.json"
+
+
+def default_setup(cfg, args, world_size: int = 1, rank: int = 0, record: str = "config.json") -> None:
+    """Output folder, logging, schedule scaling, seed, device; logs the final config and dumps it to
+    ``OUTPUT_DIR/record`` (``EVALUATION_CONFIG_RECORD`` for commands that only evaluate)."""
     check_supported(cfg)
     check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg), tuple(cfg.DATASETS.TEST))
     setup_logger(cfg.OUTPUT_DIR, rank)
@@ -185,11 +191,32 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0) -> None:
     cfg.SEED = comm.all_gather(seed)[0]
     seed_all(cfg.SEED + rank)
     resolve_device(cfg)
+    if cfg.TEST.AUG.ENABLED:
+        warn_about_tta_upscaling(cfg)
     logger.info("config differences from %s:\n%s", type(cfg).__mro__[1].__name__, cfg.diff(cfg.base_defaults()))
     if rank == 0:
-        cfg.dump(os.path.join(cfg.OUTPUT_DIR, "config.json"))
+        cfg.dump(os.path.join(cfg.OUTPUT_DIR, record))
     if not args.eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+# Test-time augmentation scales beyond this many times the data's largest short edge add compute
+# (quadratic in the scale) and no detail: warned about before evaluating.
+TTA_UPSCALE_WARNING = 4.0
+
+
+def warn_about_tta_upscaling(cfg) -> None:
+    """With TEST.AUG enabled, a warning for each DATASETS.TEST set whose largest image is upscaled more
+    than ``TTA_UPSCALE_WARNING`` times by the largest TEST.AUG.MIN_SIZES."""
+    largest = max(cfg.TEST.AUG.MIN_SIZES)
+    for name in cfg.DATASETS.TEST:
+        short_edges = [min(d["height"], d["width"]) for d in get_dataset_dicts(name) if d.get("height") and d.get("width")]
+        if short_edges and largest > TTA_UPSCALE_WARNING * max(short_edges):
+            logger.warning("TEST.AUG.MIN_SIZES up to %d px upscale every image of %s (short edges at most %d px) by "
+                           "%.0fx: each such view costs about %.0fx the compute of the images' own size and "
+                           "adds no detail; choose sizes near the data's, e.g. TEST.AUG.MIN_SIZES \"(%d, %d)\"",
+                           largest, name, max(short_edges), largest / max(short_edges), (largest / max(short_edges)) ** 2,
+                           max(short_edges) // 2, max(short_edges))
 
 
 def evaluated_tasks(cfg) -> tuple[str, ...]:
@@ -300,6 +327,10 @@ class DefaultTrainer(SimpleTrainer):
                 logger.info("--resume: the config changes the checkpoint's %s; applied from iteration %d on (LR %g "
                             "there)", ", ".join(changes), self.start_iter,
                             max(g["lr"] for g in self.optimizer.param_groups))
+            planned, max_iter = resumed[1].get("max_iter"), self.cfg.SOLVER.LR_SCHEDULER.MAX_ITER
+            if planned is not None and planned != max_iter:  # (checkpoints record the MAX_ITER they were written under)
+                logger.info("--resume: SOLVER.LR_SCHEDULER.MAX_ITER %d -> %d: the run now ends after iteration %d "
+                            "(the checkpoint's run was to end after %d)", planned, max_iter, max_iter - 1, planned - 1)
             if self.start_iter > 0:  # continue the data stream where the checkpointed run was
                 self.data_loader = build_train_loader(**self.loader_arguments, start_batch=self.start_iter)
             return

@@ -1,11 +1,16 @@
 """What to do once training has diverged. The newest checkpoint is finite but usually already wrecked:
 it was written while the losses were climbing, and continuing from it, even at a lower LR, diverges
 again. The advice names the newest checkpoint from before the losses started rising (and makes it the
-one ``--resume`` continues from), or says to start over, in both cases with a lower LR."""
+one ``--resume`` continues from), or says to start over, in both cases with a lower LR; the checkpoints
+written since are set aside (renamed ``*.pth.diverged``), so neither ``--resume`` nor ``pods_test``
+takes them."""
 from __future__ import annotations
 
 import math
+import os
 import statistics
+
+from .checkpoint import DIVERGED_SUFFIX
 
 # The losses are rising once each total loss is more than this many times the lowest smoothed loss
 # before it (a window median, so single lucky batches do not set the bar).
@@ -43,10 +48,14 @@ def divergence_advice(checkpointer, losses: list[tuple[int, float]], window: int
     measured = {it for it, _ in losses}
     healthy = [(it, path) for path, it in checkpointer.iterations.items()
                if start is None or (it + 1 < start and it + 1 in measured)]
+    wrecked = sorted(path for path in checkpointer.iterations if path not in {p for _, p in healthy})
+    aside = [checkpointer.set_aside(path) for path in wrecked if os.path.isfile(path)]
+    kept = (f" (those written since, {', '.join(os.path.basename(p) for p in aside)}, are kept as *{DIVERGED_SUFFIX}: "
+            "--resume and pods_test do not take them)") if aside else ""
     if not healthy:
         since = f" (from iteration {start} on)" if start is not None else ""
-        return (f"No checkpoint of this run is from before the losses started rising{since}: start over with a lower "
-                f"LR, e.g. --overwrite SOLVER.OPTIMIZER.BASE_LR {base_lr / LR_REDUCTION:.3g}")
+        return (f"No checkpoint of this run is from before the losses started rising{since}{kept}: start over with a "
+                f"lower LR, e.g. --overwrite SOLVER.OPTIMIZER.BASE_LR {base_lr / LR_REDUCTION:.3g}")
     iteration, path = max(healthy)
     trained = (trained_base_lr or {}).get(path, base_lr)
     lower = (f"SOLVER.OPTIMIZER.BASE_LR {trained:.3g} (the LR it was trained at)" if trained < base_lr / LR_REDUCTION
@@ -54,7 +63,7 @@ def divergence_advice(checkpointer, losses: list[tuple[int, float]], window: int
     if checkpointer.last_checkpoint() != path:
         checkpointer.point_marker_to(path)
         where = (f"The newest checkpoint from before the losses started rising (at iteration {start}) is {path}; "
-                 "last_checkpoint now names it (the later ones are replaced as the run continues)")
+                 f"last_checkpoint now names it{kept}")
     else:
-        where = f"The last checkpoint is {path}"
+        where = f"The last checkpoint is {path}{kept}"
     return f"{where}: continue from it with a lower LR, e.g. --resume {lower}"

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 from torch import nn
 
 from ifr.deq import EquilibriumRefinement
+from ifr.deq.unconverged import UnconvergedSolves
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self) -> None:
         it = self.trainer.iter
         if it + 1 >= self.max_iter:
-            self.checkpointer.save("model_final", iteration=it)
+            self.checkpointer.save("model_final", iteration=it, max_iter=self.max_iter)
         elif self.period > 0 and (it + 1) % self.period == 0:
-            self.checkpointer.save(f"model_{it + 1:07d}", iteration=it)
+            self.checkpointer.save(f"model_{it + 1:07d}", iteration=it, max_iter=self.max_iter)
 
 
 class EvalHook(HookBase):
@@ -111,9 +111,8 @@ class EquilibriumStatsHook(HookBase):
     def __init__(self, model: nn.Module, period: int = 20, warn_fraction: float = 0.05):
         self.layers = {name or "refinement": m for name, m in model.named_modules()
                        if isinstance(m, EquilibriumRefinement)}
-        self.period, self.warn_fraction = period, warn_fraction
-        # (module tag, solve kind) -> [RoIs above tolerance, RoIs solved, worst relative residual]
-        self._period_counts: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, 0.0])
+        self.period = period
+        self.unconverged = UnconvergedSolves(warn_fraction)
 
     def after_step(self) -> None:
         storage = self.trainer.storage
@@ -124,26 +123,11 @@ class EquilibriumStatsHook(HookBase):
                 if stats is None:
                     continue
                 summary = stats.summary()
-                unconverged = int((~stats.converged).sum())
                 storage.put_scalar(f"deq/{tag}/{kind}_iterations", summary["iterations"])
                 storage.put_scalar(f"deq/{tag}/{kind}_rel_residual", summary["rel_residual"])
                 # solves stopped by the protective break (their lowest-residual iterate was used)
                 storage.put_scalar(f"deq/{tag}/{kind}_diverged", summary["diverged"])
-                storage.put_scalar(f"deq/{tag}/{kind}_unconverged", unconverged)
-                counts = self._period_counts[(tag, kind)]
-                counts[0] += unconverged
-                counts[1] += stats.converged.numel()
-                counts[2] = max(counts[2], summary["rel_residual"])
+                storage.put_scalar(f"deq/{tag}/{kind}_unconverged", self.unconverged.add(tag, kind, stats))
         it = self.trainer.iter + 1
         if it % self.period == 0 or it == self.trainer.max_iter:
-            self._warn_about_unconverged_solves()
-
-    def _warn_about_unconverged_solves(self) -> None:
-        for (tag, kind), (unconverged, total, worst) in self._period_counts.items():
-            if total and unconverged > self.warn_fraction * total:
-                limit = "F_THRES" if kind == "forward" else "B_THRES"
-                logger.warning("%s: the %s fixed-point solve ended above its tolerance for %d of %d RoIs (%.0f%%) in the "
-                               "last %d iterations (worst relative residual %.1e); the gradients and masks are then "
-                               "approximate: raise MODEL.ROI_MASK_HEAD.%s or check that training is stable",
-                               tag, kind, unconverged, total, 100 * unconverged / total, self.period, worst, limit)
-        self._period_counts.clear()
+            self.unconverged.warn(f"the last {self.period} iterations")

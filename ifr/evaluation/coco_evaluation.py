@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 
 import numpy as np
 import torch
@@ -112,21 +111,19 @@ class COCOEvaluator:
             return {}
         results = list(itertools.chain.from_iterable(p["instances"] for p in predictions))
         # The three files replace the previous evaluation's together, once all are written.
-        with StagedFiles(tuple(self._path(name) for name in RESULT_FILES) if self.output_dir else ()) as files:
-            if self.output_dir:
-                files.stage(self._path("instances_predictions.pth"), lambda tmp: torch.save(predictions, tmp))
+        files = StagedFiles(self.output_dir, RESULT_FILES) if self.output_dir else None
+        with files or contextlib.nullcontext():
+            if files:
+                files.stage("instances_predictions.pth", lambda path: torch.save(predictions, path))
             for r in results:
                 r["category_id"] = self.contiguous_to_coco[r["category_id"]]
-            if self.output_dir:
-                files.stage(self._path("coco_instances_results.json"), json_writer(results))
+            if files:
+                files.stage("coco_instances_results.json", json_writer(results))
             image_ids = sorted({p["image_id"] for p in predictions})
             scores = {task: self._evaluate_task(task, results, image_ids) for task in self.tasks}
-            if self.output_dir:
-                files.stage(self._path("coco_eval_results.json"), json_writer(scores, indent=2))
+            if files:
+                files.stage("coco_eval_results.json", json_writer(scores, indent=2))
         return scores
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.output_dir, name)
 
     def _evaluate_task(self, task: str, results: list[dict], image_ids: list[int]) -> dict[str, float]:
         inputs = task_results(results, task)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from ifr.deq import EquilibriumRefinement
+from ifr.deq.unconverged import UnconvergedSolves
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +28,16 @@ class InferenceTiming:
         return self.compute_s / max(self.images, 1)
 
 
+def _counting_solves(unconverged: UnconvergedSolves, name: str):
+    """A forward hook counting an equilibrium layer's solve (every call: TTA runs the model per view)."""
+    tag = (name or "refinement").replace("roi_heads.", "")
+
+    def count(module, args, output) -> None:
+        if module.last_stats is not None:  # None while the layer runs unrolled
+            unconverged.add(tag, "forward", module.last_stats)
+    return count
+
+
 def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool = True) -> InferenceTiming:
     """Feeds ``evaluator.process`` with the model's outputs (eval mode, no grad) on every batch."""
     total = len(loader)
@@ -34,6 +47,10 @@ def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool
     start = time.perf_counter()
     compute = 0.0
     on_gpu = next(model.parameters()).device.type == "cuda"
+    # Test-time solves that end above their tolerance: the warning training gives, once at the end.
+    unconverged = UnconvergedSolves()
+    watched = [layer.register_forward_hook(_counting_solves(unconverged, name))
+               for name, layer in model.named_modules() if isinstance(layer, EquilibriumRefinement)]
     try:
         with torch.no_grad():
             for inputs in tqdm(loader, total=total, desc="inference", disable=not show_progress, mininterval=2.0,
@@ -46,6 +63,9 @@ def run_inference(model: torch.nn.Module, loader, evaluator, show_progress: bool
                 evaluator.process(inputs, outputs)
     finally:
         model.train(was_training)
+        for hook in watched:
+            hook.remove()
+    unconverged.warn(f"this evaluation ({total} batches)")
     timing = InferenceTiming(total, time.perf_counter() - start, compute)
     logger.info("Total inference time: %s (%.4f s / image); pure compute time: %s (%.4f s / image)",
                 datetime.timedelta(seconds=int(timing.total_s)), timing.total_s / max(total, 1),

@@ -165,6 +165,12 @@ def _solver_config(head, prefix: str) -> SolverConfig:
             raise ConfigError(f"MODEL.ROI_MASK_HEAD.{SOLVER_OPTION_KEYS[name][option]} must be {expected}, got {value}")
     if head.CUDA_CHECK_PERIOD < 1:
         raise ConfigError(f"MODEL.ROI_MASK_HEAD.CUDA_CHECK_PERIOD must be >= 1, got {head.CUDA_CHECK_PERIOD}")
+    if head[f"{prefix}_THRES"] < 1:  # a solve with no step: no refinement (forward) or no gradient (backward)
+        what = "refines nothing (the masks come from the zero initial state)" if prefix == "F" else \
+            "gives the block no gradient"
+        raise ConfigError(f"MODEL.ROI_MASK_HEAD.{prefix}_THRES {head[f'{prefix}_THRES']}: a solve with no step "
+                          f"{what}; set it to at least 1 (the default is "
+                          f"{RCNNFPNConfig().MODEL.ROI_MASK_HEAD[f'{prefix}_THRES']})")
     try:
         return SolverConfig(name, max_iter=head[f"{prefix}_THRES"], tol=head[f"{prefix}_TOL"],
                             stop_mode=head.STOP_MODE, options=options, cuda_check_period=head.CUDA_CHECK_PERIOD)

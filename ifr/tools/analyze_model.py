@@ -283,6 +283,10 @@ def analyze(cfg, model: nn.Module, rois: int, image_size: tuple[int, int], steps
 def run(args) -> None:
     if args.rois < 1:
         raise UserError(f"--rois must be at least 1, got {args.rois}")
+    if min(args.image_size) < 1:
+        height, width = args.image_size
+        raise UserError(f"--image-size is HEIGHT WIDTH in pixels (each at least 1), got {height} {width}: e.g. "
+                        "--image-size 480 640")
     if args.steps is not None and (args.steps < 0 or args.input):
         raise UserError("--steps is a mean number of solver steps per RoI (>= 0), and --input measures it: "
                         "pass one or the other")

@@ -31,13 +31,32 @@ logger = logging.getLogger("ifr.tools.demo")  # not __name__: "__main__" under p
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
+def _frames_hint(video: str) -> str:
+    frames = os.path.splitext(os.path.basename(video))[0] + "_frames"
+    return f"extract its frames first, e.g. mkdir {frames} && ffmpeg -i {video} {frames}/%05d.png, then --input {frames}"
+
+
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files, folders (the images in them, sorted) and glob patterns -> image paths."""
+    """Files, folders (the images in them, sorted; the other entries are named in a warning) and glob
+    patterns -> image paths. A video is refused saying how to extract its frames."""
     files = []
     for item in inputs:
         if os.path.isdir(item):
-            files += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+            entries = sorted(os.listdir(item))
+            files += [os.path.join(item, f) for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
+            skipped = [f for f in entries if not f.lower().endswith(IMAGE_EXTENSIONS)]
+            if skipped:
+                videos = [f for f in skipped if f.lower().endswith(VIDEO_EXTENSIONS)]
+                logger.warning("--input %s: skipped %d entries that are not images (%s): %s%s", item, len(skipped),
+                               " ".join(IMAGE_EXTENSIONS), ", ".join(skipped[:10]), ", ..." if len(skipped) > 10 else "")
+                for video in videos[:3]:
+                    logger.warning("%s is a video: %s", os.path.join(item, video), _frames_hint(os.path.join(item, video)))
         elif os.path.isfile(item):
+            if item.lower().endswith(VIDEO_EXTENSIONS):
+                raise UserError(f"--input {item} is a video; pods_demo draws on images: {_frames_hint(item)}")
             files.append(item)
         else:
             matches = sorted(glob.glob(item))
@@ -70,6 +89,9 @@ def class_names(cfg) -> list[str] | None:
 
 
 def run(args) -> None:
+    if not 0 <= args.confidence_threshold <= 1:
+        raise UserError(f"--confidence-threshold is a score between 0 and 1, got {args.confidence_threshold}: e.g. "
+                        "--confidence-threshold 0.5")
     files = expand_inputs(args.input)
     config, model = load_trained_model(args)
     predictor = DefaultPredictor(config, model)

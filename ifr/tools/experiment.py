@@ -5,17 +5,35 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import traceback
 from typing import Callable
 
 from ifr.errors import UserError, user_message
 
 
 def _import_file(name: str, path: str):
+    """The module of ``path``; a file that does not compile or raises as it runs is a UserError
+    naming the file, the line and the line's text (a ConfigError it raises is already one)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except SyntaxError as e:
+        raise UserError(_broken_file_message(path, e.lineno, e.text, f"{type(e).__name__}: {e.msg}")) from None
+    except Exception as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+        line, text = (frames[-1].lineno, frames[-1].line) if frames else (None, None)
+        raise UserError(_broken_file_message(path, line, text, f"{type(e).__name__}: {e}")) from None
     return module
+
+
+def _broken_file_message(path: str, line: int | None, text: str | None, error: str) -> str:
+    where = f"{path}, line {line}" + (f": {text.strip()}" if text and text.strip() else "") if line else path
+    return (f"{where}: {error}. Fix that line (or copy {os.path.basename(path)} again from the experiment folder it "
+            "came from)")
 
 
 def run_reporting_user_errors(run: Callable, args) -> None:
@@ -41,9 +59,10 @@ def load_experiment(folder: str) -> tuple[object, Callable]:
     return config, build_model
 
 
-def configured_device(folder: str, overrides: list[str]) -> str:
-    """MODEL.DEVICE of the experiment in ``folder`` with the command line's ``KEY VALUE`` overrides:
-    the launcher needs it before the processes start (it chooses their process group's backend)."""
+def configured(folder: str, overrides: list[str]):
+    """The config of the experiment in ``folder`` with the command line's ``KEY VALUE`` overrides, as
+    the launcher needs it before the processes start: MODEL.DEVICE chooses their process group's
+    backend, OUTPUT_DIR is the folder the job claims."""
     config, _ = load_experiment(folder)
     config.merge_from_list(overrides)
-    return config.MODEL.DEVICE
+    return config

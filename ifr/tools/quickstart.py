@@ -18,7 +18,8 @@ import argparse
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_setup, evaluate
-from ifr.engine.defaults import check_arguments
+from ifr.engine.defaults import EVALUATION_CONFIG_RECORD, check_arguments
+from ifr.utils.run_lock import claim_run_folder
 from ifr.errors import UserError
 from ifr.presets.small_model import IFR_EXPERIMENT, small_model_overrides
 
@@ -27,11 +28,20 @@ from .experiment import load_experiment, run_reporting_user_errors
 
 def run(args) -> None:
     check_arguments(args)
+    if args.max_iter < 0:
+        raise UserError(f"--max-iter is a number of training iterations (>= 0; 0 evaluates the untrained model), got "
+                        f"{args.max_iter}")
     config, build_model = load_experiment(args.experiment)
     config.merge(small_model_overrides(args.max_iter, experiment=args.experiment))
     config.merge_from_list(args.opts)
-    default_setup(config, args)
-    if args.eval_only or args.max_iter == 0:  # the trained model again, or the untrained baseline
+    with claim_run_folder(config.OUTPUT_DIR):
+        run_in_claimed_folder(config, build_model, args)
+
+
+def run_in_claimed_folder(config, build_model, args) -> None:
+    evaluates = args.eval_only or args.max_iter == 0  # the trained model again, or the untrained baseline
+    default_setup(config, args, record=EVALUATION_CONFIG_RECORD if evaluates else "config.json")
+    if evaluates:
         model = build_model(config).to(config.MODEL.DEVICE)
         if args.eval_only:
             trained = os.path.join(config.OUTPUT_DIR, "model_final.pth")

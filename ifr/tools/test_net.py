@@ -5,17 +5,19 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ifr.data import check_datasets
 from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
 from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
-from ifr.engine.defaults import check_arguments, check_expected_results
+from ifr.engine.defaults import EVALUATION_CONFIG_RECORD, check_arguments, check_expected_results
 from ifr.engine.launch import launch
+from ifr.utils.run_lock import claim_run_folder, launches_the_job
 from ifr.errors import UserError
 from ifr.utils import comm
 
-from .experiment import configured_device, load_experiment, run_reporting_user_errors
+from .experiment import configured, load_experiment, run_reporting_user_errors
 
 
 def checkpoints_to_evaluate(cfg, args) -> list[str]:
@@ -42,7 +44,7 @@ def test_worker(args) -> None:
     """What each process runs: the test set is sharded over the processes and the results merged."""
     config, build_model = load_experiment(os.getcwd())
     config.merge_from_list(args.opts)
-    default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
+    default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank(), record=EVALUATION_CONFIG_RECORD)
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset, e.g. DATASETS.TEST \"('coco_2017_val',)\"")
     check_datasets(config.DATASETS.TEST, config.MODEL.ROI_HEADS.NUM_CLASSES)
@@ -58,9 +60,13 @@ def test_worker(args) -> None:
 
 def run(args) -> None:
     check_arguments(args)
-    launch(test_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
-           device=configured_device(os.getcwd(), args.opts),
-           join_timeout_s=args.join_timeout, slurm=args.slurm)
+    config = configured(os.getcwd(), args.opts)
+    # The results go to OUTPUT_DIR/inference, which a training there writes too.
+    claim = claim_run_folder(config.OUTPUT_DIR, "evaluate into another folder: MODEL.WEIGHTS <checkpoint> OUTPUT_DIR "
+                                                "<folder>") if launches_the_job(args.machine_rank, args.slurm) else None
+    with claim or contextlib.nullcontext():
+        launch(test_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
+               device=config.MODEL.DEVICE, join_timeout_s=args.join_timeout, slurm=args.slurm)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,16 +2,19 @@
 process or, with ``--num-gpus N`` / ``--num-machines`` / torchrun, in one process per device."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from ifr.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, evaluate
-from ifr.engine.defaults import check_arguments, check_expected_results, check_resumed_together
+from ifr.engine.defaults import (EVALUATION_CONFIG_RECORD, check_arguments, check_expected_results,
+                                 check_resumed_together)
 from ifr.engine.launch import launch
+from ifr.utils.run_lock import claim_run_folder, launches_the_job
 from ifr.errors import UserError
 from ifr.utils import comm
 
-from .experiment import configured_device, load_experiment, run_reporting_user_errors
+from .experiment import configured, load_experiment, run_reporting_user_errors
 
 logger = logging.getLogger("ifr")
 
@@ -22,7 +25,8 @@ def train_worker(args) -> None:
     if comm.is_main_process():
         config.link_log()
     config.merge_from_list(args.opts)
-    default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank())
+    default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank(),
+                  record=EVALUATION_CONFIG_RECORD if args.eval_only else "config.json")
     if args.eval_only:
         # MODEL.WEIGHTS from the command line, else the run's newest checkpoint (the config's
         # MODEL.WEIGHTS is the training's initialisation, e.g. an ImageNet backbone, not a trained model).
@@ -43,9 +47,11 @@ def train_worker(args) -> None:
 
 def run(args) -> None:
     check_arguments(args)
-    launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
-           device=configured_device(os.getcwd(), args.opts),
-           join_timeout_s=args.join_timeout, slurm=args.slurm)
+    config = configured(os.getcwd(), args.opts)
+    claims = launches_the_job(args.machine_rank, args.slurm)
+    with claim_run_folder(config.OUTPUT_DIR) if claims else contextlib.nullcontext():
+        launch(train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,),
+               device=config.MODEL.DEVICE, join_timeout_s=args.join_timeout, slurm=args.slurm)
 
 
 def main(argv: list[str] | None = None) -> None:
