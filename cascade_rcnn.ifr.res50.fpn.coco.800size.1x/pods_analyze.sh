@@ -1,7 +1,7 @@
 #!/bin/sh
 # Parameters and FLOPs of this experiment's model, per component, against the 4-conv mask head:
 # sh pods_analyze.sh [--rois N] [--image-size H W] [--input IMAGES ... MODEL.WEIGHTS ckpt.pth] [KEY VALUE ...]
-# (works from any folder and shell: ../scripts/pods.sh finds pods_analyze on PATH or in the checkout's .venv;
+# (works from any folder and shell: ../scripts/pods.sh runs this checkout's pods_analyze;
 # a copy of this folder outside the checkout runs the pods_analyze on PATH, or in $IFR_VENV)
 cd "$(dirname "$0")" || exit 1
 [ -f ../scripts/pods.sh ] && exec sh ../scripts/pods.sh pods_analyze "$@"

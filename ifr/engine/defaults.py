@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+import ifr
 from ifr.config import ConfigError
 from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets
@@ -114,6 +115,8 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
                             "OUTPUT_DIR to a folder you can write (e.g. OUTPUT_DIR /tmp/run1)") from None
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
+    # First line of every tool's log: which copy of the package runs (several clones, several environments).
+    root.info("ifr %s from %s", ifr.__version__, os.path.dirname(os.path.realpath(ifr.__file__)))
     return root
 
 
