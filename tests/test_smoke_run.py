@@ -57,3 +57,30 @@ def test_a_smoke_run_evaluates_n_images_after_its_last_training_line(tmp_path, m
     last = records[-1]
     assert last["eval/images"] == 3 and "segm/AP" in last and "bbox/AP" in last and "total_loss" in last
     assert {k: v for k, v in last.items() if "/" not in k} == records_during_evaluation[0][-1]
+
+
+def test_a_run_with_nothing_left_to_train_is_still_evaluated_and_recorded(tmp_path):
+    """MAX_ITER already reached (a resume of a finished run): no training line, one evaluation, its
+    record in metrics.json."""
+    from ifr.engine.events import EventStorage, JSONWriter
+    from ifr.engine.hooks import EvalHook, PeriodicWriter
+
+    class FinishedRun:
+        start_iter = max_iter = iter = 5
+        storage = EventStorage(5)
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"iteration": 4, "total_loss": 1.0}) + "\n")
+    records = JSONWriter(str(path), window=1)
+    evaluations = []
+    hooks = [PeriodicWriter([records], period=1),
+             EvalHook(0, lambda: evaluations.append(1) or {"segm": {"AP": 12.5, "AP-square": 3.0}}, writers=[records])]
+    for hook in hooks:
+        hook.trainer = FinishedRun
+    for hook in hooks:
+        hook.before_train()
+    for hook in hooks:
+        hook.after_train()
+    assert evaluations == [1]
+    assert [json.loads(line) for line in open(path)] == [{"iteration": 4, "total_loss": 1.0},
+                                                         {"iteration": 5, "segm/AP": 12.5}]
