@@ -4,6 +4,7 @@ and metrics.json holds the training records while the evaluation runs."""
 import json
 import os
 
+import pytest
 import torch
 
 import ifr
@@ -84,3 +85,13 @@ def test_a_run_with_nothing_left_to_train_is_still_evaluated_and_recorded(tmp_pa
     assert evaluations == [1]
     assert [json.loads(line) for line in open(path)] == [{"iteration": 4, "total_loss": 1.0},
                                                          {"iteration": 5, "segm/AP": 12.5}]
+
+
+def test_a_negative_number_of_evaluation_images_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IFR_OUTPUT_ROOT", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--max-iter", "1", "--eval-images", "-1", "--no-progress", *TINY])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "TEST.MAX_IMAGES is -1: give the number of test images to evaluate" in err
+    assert not os.path.exists(os.path.join(str(tmp_path), "quickstart", "metrics.json"))
