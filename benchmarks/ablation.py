@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import time
 
 import torch
@@ -38,7 +39,6 @@ from tabulate import tabulate
 from ifr.data import get_dataset_dicts
 from ifr.engine import DefaultTrainer, default_setup, evaluate
 from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
-from ifr.modeling import build_generalized_rcnn
 from ifr.paths import EXPERIMENTS, output_root
 from ifr.presets import small_model_overrides
 from ifr.tools.experiment import load_experiment
@@ -47,6 +47,9 @@ from ifr.utils.atomic import json_writer, write_atomically
 DATASETS = {"hard": ("synthetic_hard_train", "synthetic_hard_val", 5),
             "shapes": ("synthetic_shapes_train", "synthetic_shapes_val", 3)}
 HEADS = ("conv", "weight_sharing", "ifr")
+# Each head's model comes from its experiment folder's net.py (the 4-conv head: the Mask R-CNN baseline).
+HEAD_FOLDERS = {"conv": EXPERIMENTS["baseline"], "weight_sharing": EXPERIMENTS["weight_sharing"],
+                "ifr": EXPERIMENTS["ifr"]}
 JACOBIAN_PREFIX = "ifr_jac"
 
 
@@ -124,7 +127,8 @@ def _checkpoints_of_other_run(out: str, settings: dict) -> bool:
 
 
 def run_config(dataset: str, variant: str, seed: int, max_iter: int, output_dir: str):
-    """The config and model builder of one run (``variant``: a head name or ``ifr_jac<w>``)."""
+    """The config and model builder of one run (``variant``: a head name or ``ifr_jac<w>``): the IFR
+    folder's config for every head (one small model, schedule and data), the head's folder's net.py."""
     config, _ = load_experiment(EXPERIMENTS["ifr"])
     config.merge(small_model_overrides(max_iter))
     train, val, classes = DATASETS[dataset]
@@ -132,7 +136,8 @@ def run_config(dataset: str, variant: str, seed: int, max_iter: int, output_dir:
     config.merge(dict(DATASETS=dict(TRAIN=(train,), TEST=(val,)), SEED=seed, OUTPUT_DIR=output_dir,
                       MODEL=dict(ROI_HEADS=dict(NUM_CLASSES=classes),
                                  ROI_MASK_HEAD=dict(CONV_DIM=128, JACOBIAN_WEIGHT=jacobian_weight))))
-    return config, lambda cfg: build_generalized_rcnn(cfg, mask_head=head)
+    _, build_model = load_experiment(HEAD_FOLDERS[head])
+    return config, build_model
 
 
 class SolverSteps:
@@ -317,6 +322,12 @@ def main() -> None:
                                     *(_mean([t[k] for t in train], d) for k, d in (
                                         ("train_forward_steps", 1), ("train_backward_steps", 1),
                                         ("train_seconds_per_iteration", 2), ("loss_jacobian", 4)))])
+    if not reported:  # e.g. --finished-only in a fresh clone: nothing to tabulate
+        command = " ".join(a for a in sys.argv[1:] if a != "--finished-only")
+        print(f"no finished run in {root} matches these settings: train and evaluate them with "
+              f"`python benchmarks/ablation.py{' ' + command if command else ''}` (without --finished-only; each run "
+              f"is a {args.max_iter}-iteration quickstart-sized training, minutes on a CPU), then run this again")
+        return
     print(title(reported))
     print(tabulate(rows, headers=["dataset", "mask head", "seeds", "box AP", "mask AP", "mask AP75",
                                   "mask AP on GT boxes", "mask-head params", "/ 4-conv (head / features)",

@@ -8,6 +8,7 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The experiment folders of the checkout, by the mask head / detector they hold.
 EXPERIMENTS = {
+    "baseline": os.path.join(PROJECT_ROOT, "mask_rcnn.res50.fpn.coco.multiscale.1x"),
     "ifr": os.path.join(PROJECT_ROOT, "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x"),
     "weight_sharing": os.path.join(PROJECT_ROOT, "mask_rcnn.res50.fpn.coco.multiscale.weight_sharing.1x"),
     "cascade": os.path.join(PROJECT_ROOT, "cascade_rcnn.ifr.res50.fpn.coco.800size.1x"),

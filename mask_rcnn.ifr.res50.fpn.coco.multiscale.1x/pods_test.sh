@@ -1,6 +1,6 @@
 #!/bin/sh
 # Evaluate this experiment: sh pods_test.sh [MODEL.WEIGHTS ckpt.pth] [--start-iter A --end-iter B] [KEY VALUE ...]
-# (works from any folder and shell: ../scripts/pods.sh finds pods_test on PATH or in the checkout's .venv;
+# (works from any folder and shell: ../scripts/pods.sh runs this checkout's pods_test;
 # a copy of this folder outside the checkout runs the pods_test on PATH, or in $IFR_VENV)
 cd "$(dirname "$0")" || exit 1
 [ -f ../scripts/pods.sh ] && exec sh ../scripts/pods.sh pods_test "$@"

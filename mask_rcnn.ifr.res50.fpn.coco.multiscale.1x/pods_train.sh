@@ -1,6 +1,6 @@
 #!/bin/sh
 # Train this experiment: sh pods_train.sh [--resume] [--num-gpus N] [KEY VALUE ...]
-# (works from any folder and shell: ../scripts/pods.sh finds pods_train on PATH or in the checkout's .venv;
+# (works from any folder and shell: ../scripts/pods.sh runs this checkout's pods_train;
 # a copy of this folder outside the checkout runs the pods_train on PATH, or in $IFR_VENV)
 cd "$(dirname "$0")" || exit 1
 [ -f ../scripts/pods.sh ] && exec sh ../scripts/pods.sh pods_train "$@"

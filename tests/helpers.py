@@ -3,6 +3,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = {
+    "baseline": "mask_rcnn.res50.fpn.coco.multiscale.1x",
     "ifr": "mask_rcnn.ifr.res50.fpn.coco.multiscale.1x",
     "weight_sharing": "mask_rcnn.res50.fpn.coco.multiscale.weight_sharing.1x",
     "cascade": "cascade_rcnn.ifr.res50.fpn.coco.800size.1x",

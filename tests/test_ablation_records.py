@@ -101,3 +101,18 @@ def test_a_mismatching_or_unreadable_run_is_run_again(ablation, tmp_path, monkey
     printed = capsys.readouterr().out
     assert f"running {unreadable} again: its results.json cannot be read" in printed and "starting over" not in printed
     assert os.path.isfile(os.path.join(unreadable, "model_final.pth"))  # resumed: only the evaluation is redone
+
+
+def test_finished_only_without_any_run_says_how_to_produce_them(ablation, tmp_path, monkeypatch, capsys):
+    out = _main(ablation, monkeypatch, capsys, "--datasets", "shapes", "--heads", "conv", "--seeds", "0",
+                "--finished-only", "--output", str(tmp_path))
+    assert "|" not in out  # no empty tables
+    assert (f"no finished run in {tmp_path} matches these settings: train and evaluate them with `python "
+            f"benchmarks/ablation.py --datasets shapes --heads conv --seeds 0 --output {tmp_path}`") in out
+
+
+def test_each_head_is_built_by_its_experiment_folder(ablation, tmp_path):
+    config, build_model = ablation.run_config("shapes", "conv", 0, 2, str(tmp_path))
+    assert build_model.__code__.co_filename == os.path.join(ROOT, "mask_rcnn.res50.fpn.coco.multiscale.1x", "net.py")
+    state = build_model(config).state_dict()
+    assert "roi_heads.mask_head.mask_fcn4.weight" in state and "roi_heads.mask_head.mask_fcn5.weight" not in state

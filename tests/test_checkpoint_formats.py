@@ -29,7 +29,8 @@ def _conv_and_norm(prefix, shape):
 
 
 def released_shapes(kind: str) -> dict:
-    """Key -> shape of a released cvpods checkpoint of ``kind`` ("ifr", "weight_sharing", "cascade")."""
+    """Key -> shape of a released cvpods checkpoint of ``kind`` ("ifr", "weight_sharing", "cascade"; "baseline":
+    cvpods' Mask R-CNN, whose checkpoint the IFR repository does not release)."""
     shapes = {}
     for level, channels in zip(range(2, 6), (256, 512, 1024, 2048)):
         shapes.update({f"backbone.fpn_lateral{level}.weight": (256, channels, 1, 1),
@@ -64,7 +65,10 @@ def released_shapes(kind: str) -> dict:
                        f"roi_heads.box_predictor{s}.bbox_pred.bias": (box_outputs,)})
     head = "roi_heads.mask_head."
     norms = {f"gn{i}.{n}": (256,) for i in (1, 2, 3) for n in ("weight", "bias")}
-    if kind == "weight_sharing":
+    if kind == "baseline":  # detectron2's / cvpods' MaskRCNNConvUpsampleHead
+        shapes.update({head + f"mask_fcn{i}.{n}": (256, 256, 3, 3) if n == "weight" else (256,)
+                       for i in range(1, 5) for n in ("weight", "bias")})
+    elif kind == "weight_sharing":
         block = {"conv1.weight": (256, 256, 3, 3), "conv2.weight": (256, 256, 3, 3), **norms}
         shapes.update({head + "repeat_block." + k: v for k, v in block.items()})
     else:
@@ -111,7 +115,7 @@ def build(kind: str, *overrides):
     return build_model(config).eval()
 
 
-@pytest.mark.parametrize("kind,count", [("ifr", 340), ("weight_sharing", 312), ("cascade", 356)])
+@pytest.mark.parametrize("kind,count", [("ifr", 340), ("weight_sharing", 312), ("cascade", 356), ("baseline", 312)])
 def test_released_checkpoint_loads_strictly_with_every_tensor_in_place(kind, count, tmp_path):
     checkpoint = released_checkpoint(kind)
     source = checkpoint["model"]
@@ -137,7 +141,10 @@ def test_released_checkpoint_loads_strictly_with_every_tensor_in_place(kind, cou
     assert torch.equal(own["backbone.fpn.layer_blocks.3.0.weight"], source["backbone.fpn_output5.weight"])
     assert torch.equal(own["proposal_generator.rpn_head.anchor_deltas.weight"],
                        source["proposal_generator.rpn_head.anchor_deltas.weight"])
-    if kind == "weight_sharing":
+    if kind == "baseline":
+        assert torch.equal(own["roi_heads.mask_head.mask_fcn4.weight"], source["roi_heads.mask_head.mask_fcn4.weight"])
+        assert report.dropped == []
+    elif kind == "weight_sharing":
         assert torch.equal(own["roi_heads.mask_head.refinement.block.conv2.weight"],
                            source["roi_heads.mask_head.repeat_block.conv2.weight"])
     else:

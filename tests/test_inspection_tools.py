@@ -19,6 +19,7 @@ from ifr.tools import compute_knob, demo, plot_convergence, plot_metrics, quicks
 from ifr.modeling.inspection import find_refinement
 from ifr.tools.compute_knob import SolveSetting
 from ifr.tools.trained_model import add_model_arguments, load_trained_model
+from ifr.visualization.draw import display_scale
 
 from helpers import TINY
 
@@ -57,10 +58,12 @@ def test_demo_draws_the_predicted_masks(trained, tmp_path):
                *TINY, *LOW_THRESHOLD])
     drawn = F.pil_to_tensor(Image.open(tmp_path / (os.path.splitext(os.path.basename(path))[0] + ".png")))
     original = F.pil_to_tensor(Image.open(path).convert("RGB"))
-    assert drawn.shape == original.shape
+    scale = display_scale(*original.shape[1:])  # a small image is enlarged for display, its pixels repeated
+    assert scale > 1 and drawn.shape == (3, original.shape[1] * scale, original.shape[2] * scale)
+    original = original.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     config, model = _load_quickstart_model(*LOW_THRESHOLD)
     masks = DefaultPredictor(config, model)(Image.open(path).convert("RGB"))["masks"]
-    covered = masks.any(dim=0)
+    covered = masks.any(dim=0).repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
     assert covered.any()
     changed = (drawn != original).any(dim=0)
     assert changed[covered].float().mean() > 0.9

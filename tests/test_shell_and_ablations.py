@@ -3,10 +3,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
 
+import ifr
+from ifr.engine.defaults import setup_logger
 from ifr.presets import quickstart_output_dir
 from ifr.tools import quickstart
 
@@ -39,6 +42,51 @@ def test_without_a_venv_the_scripts_say_in_one_line_what_to_run(tmp_path):
         assert done.returncode == 2
         assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
         assert f"bash {checkout}/scripts/setup.sh" in done.stderr and "is not installed" in done.stderr
+
+
+def _console_script(path, python, text):
+    """A console script as pip writes it: a #! line naming its environment's interpreter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{python}\nprint({text!r})\n")
+    path.chmod(0o755)
+
+
+def test_inside_a_checkout_the_scripts_run_its_own_code_not_another_clones(tmp_path):
+    """Another clone's environment active (its pods_train first on PATH): the checkout's scripts run the
+    checkout's .venv, accept a pods_train on PATH only when its interpreter imports this checkout's ifr,
+    and otherwise refuse in one line (they used to run the other clone's code)."""
+    checkout, other = tmp_path / "checkout", tmp_path / "other_clone"
+    shutil.copytree(os.path.join(ROOT, "scripts"), checkout / "scripts")
+    shutil.copytree(os.path.join(ROOT, FOLDERS["ifr"]), checkout / "experiment")
+    for clone in (checkout, other):
+        (clone / "ifr").mkdir(parents=True)
+        (clone / "ifr" / "__init__.py").write_text("")
+        # the environment of that clone: python importing its ifr (as `pip install -e` there would)
+        python = clone / "env" / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text(f'#!/bin/sh\nPYTHONPATH={clone} exec {sys.executable} "$@"\n')
+        python.chmod(0o755)
+        _console_script(clone / "env" / "bin" / "pods_train", clone / "env" / "bin" / "python", f"pods_train of {clone.name}")
+    script = str(checkout / "experiment" / "pods_train.sh")
+
+    def run(env_bin):
+        return subprocess.run(["sh", script, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              env={"PATH": f"{env_bin}:/usr/bin:/bin"})
+
+    refused = run(other / "env" / "bin")
+    assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.strip().splitlines()) == 1
+    assert f"runs the ifr of {other}/ifr, not this checkout's ({checkout}/ifr)" in refused.stderr
+    accepted = run(checkout / "env" / "bin")  # an environment with this checkout installed
+    assert accepted.returncode == 0 and accepted.stdout == "pods_train of checkout\n", accepted.stderr
+    _console_script(checkout / ".venv" / "bin" / "pods_train", sys.executable, "pods_train of the checkout's .venv")
+    own = run(other / "env" / "bin")
+    assert own.returncode == 0 and own.stdout == "pods_train of the checkout's .venv\n", own.stderr
+
+
+def test_the_first_log_line_names_the_package_that_runs(tmp_path):
+    setup_logger(str(tmp_path))
+    first = open(tmp_path / "log.txt").readline()
+    assert first.rstrip().endswith(f"ifr {ifr.__version__} from {os.path.dirname(os.path.realpath(ifr.__file__))}")
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDERS))

@@ -57,6 +57,7 @@ READ_BY = {
     "TEST.AUG": "ifr/modeling/tta.py",
     "TEST.EXPECTED_RESULTS": "ifr/evaluation/expected_results.py",
     "TEST.ORACLE_BOXES": "ifr/modeling/oracle.py",
+    "TEST.MAX_IMAGES": "ifr/data/build.py",
     "DATALOADER.SKIP_CORRUPT_IMAGES": "ifr/data/mapper.py",
 }
 
@@ -218,6 +219,8 @@ DESCRIPTIONS = {
     "TEST.EXPECTED_RESULTS": "[task, metric, value, tolerance(, dataset)] checked after evaluating one model; "
                              "a miss fails the command",
     "TEST.ORACLE_BOXES": "not in cvpods: evaluate the mask head on the ground-truth boxes (mask AP on GT boxes)",
+    "TEST.MAX_IMAGES": "not in cvpods: evaluate only the first N images of each test set (0: all), for smoke runs; "
+                       "the log warns, metrics.json records `eval/images`, TEST.EXPECTED_RESULTS is not checked",
     "TRAINER.WINDOW_SIZE": "iterations per logged window (log line, metrics, unconverged-solve warning)",
     "TRAINER.FP16.ENABLED": "mixed precision (float16 + grad scaler on GPU, bfloat16 on CPU; the solves stay float32)",
     "OUTPUT_DIR": "where logs, metrics, checkpoints and results go",

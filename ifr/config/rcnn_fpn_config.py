@@ -185,6 +185,9 @@ _RCNN_FPN_DEFAULTS = dict(
         # Not in cvpods: evaluate the masks the mask head predicts on the ground-truth boxes (with their
         # true classes, score 1) instead of the detections; box AP is then 100 by construction.
         ORACLE_BOXES=False,
+        # Not in cvpods: evaluate only the first MAX_IMAGES images of each test set (0: all), for smoke
+        # runs; the log says so, metrics.json records the count (eval/images) and EXPECTED_RESULTS is skipped.
+        MAX_IMAGES=0,
     ),
     TRAINER=dict(WINDOW_SIZE=20, FP16=dict(ENABLED=False)),
     OUTPUT_DIR="./output",

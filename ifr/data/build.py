@@ -152,6 +152,11 @@ def check_datasets(dataset_names, num_classes: int | None = None) -> None:
             check_coco_evaluable(load_coco_api(metadata["json_file"]), metadata["json_file"], num_classes)
 
 
+def evaluated_records(records: list[dict], max_images: int) -> list[dict]:
+    """The first ``max_images`` records of a test set (TEST.MAX_IMAGES; 0: all of them)."""
+    return records[:max_images] if max_images > 0 else records
+
+
 def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1, tta: bool = False,
                       with_boxes: bool = False) -> DataLoader:
     """One image per batch, this process's shard of the dataset, in order. With ``tta`` each image
@@ -160,6 +165,11 @@ def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1
     records = SerializedRecords(get_dataset_dicts(dataset_name))
     if not records:
         raise UserError(f"dataset {dataset_name} has no images: there is nothing to evaluate")
+    if 0 < cfg.TEST.MAX_IMAGES < len(records):
+        logger.warning("TEST.MAX_IMAGES %d: evaluating the first %d of the %d images of %s; the APs below are of "
+                       "this subset (a smoke test), not comparable with the whole dataset's", cfg.TEST.MAX_IMAGES,
+                       cfg.TEST.MAX_IMAGES, len(records), dataset_name)
+    records = evaluated_records(records, cfg.TEST.MAX_IMAGES)
     if with_boxes:  # the annotated mapping of training, with the test pipeline's deterministic resize
         mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=False)
     elif tta:

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+import ifr
 from ifr.config import ConfigError
 from ifr.config.support import check_supported
 from ifr.data import build_test_loader, build_train_loader, check_datasets, get_dataset_dicts
+from ifr.data.build import evaluated_records
 from ifr.errors import TrainingDivergedError, UserError
 from ifr.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format, verify_results
 from ifr.evaluation.expected_results import check_expected_entries
@@ -119,6 +121,8 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
                             "OUTPUT_DIR to a folder you can write (e.g. OUTPUT_DIR /tmp/run1)") from None
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
+    # First line of every tool's log: which copy of the package runs (several clones, several environments).
+    root.info("ifr %s from %s", ifr.__version__, os.path.dirname(os.path.realpath(ifr.__file__)))
     return root
 
 
@@ -180,6 +184,9 @@ def default_setup(cfg, args, world_size: int = 1, rank: int = 0, record: str = "
     ``OUTPUT_DIR/record`` (``EVALUATION_CONFIG_RECORD`` for commands that only evaluate)."""
     check_supported(cfg)
     check_expected_entries(cfg.TEST.EXPECTED_RESULTS, evaluated_tasks(cfg), tuple(cfg.DATASETS.TEST))
+    if not isinstance(cfg.TEST.MAX_IMAGES, int) or isinstance(cfg.TEST.MAX_IMAGES, bool) or cfg.TEST.MAX_IMAGES < 0:
+        raise ConfigError(f"TEST.MAX_IMAGES is {cfg.TEST.MAX_IMAGES!r}: give the number of test images to evaluate "
+                          "(e.g. TEST.MAX_IMAGES 5), or 0 for all of them")
     setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("command line: %s", " ".join(sys.argv))
     logger.info("torch %s, torchvision %s, CUDA available: %s", torch.__version__,
@@ -261,6 +268,10 @@ def check_expected_results(cfg, results: dict) -> None:
     holds them): a mismatch raises ``ResultsMismatch`` (the command then fails)."""
     if not comm.is_main_process() or not cfg.DATASETS.TEST:
         return
+    if cfg.TEST.MAX_IMAGES > 0 and cfg.TEST.EXPECTED_RESULTS:
+        logger.warning("TEST.EXPECTED_RESULTS not checked: TEST.MAX_IMAGES %d evaluated a subset of the images",
+                       cfg.TEST.MAX_IMAGES)
+        return
     per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
     for name, scores in per_dataset.items():
         verify_results(cfg.TEST.EXPECTED_RESULTS, scores, name)
@@ -295,18 +306,26 @@ class DefaultTrainer(SimpleTrainer):
         self.start_iter = 0
         self.trained_base_lr: dict[str, float] = {}  # the checkpoint resumed from -> the BASE_LR it was trained at
         max_iter = cfg.SOLVER.LR_SCHEDULER.MAX_ITER
-        writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE),
-                   JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
+        records = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.TRAINER.WINDOW_SIZE),
                    TensorboardWriter(cfg.OUTPUT_DIR)] if comm.is_main_process() else []
-        self.eval_hook = EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(cfg, model, show_progress and
-                                                                         comm.is_main_process())
-                                  if cfg.DATASETS.TEST else {})
+        writers = [CommonMetricPrinter(max_iter, cfg.TRAINER.WINDOW_SIZE), *records] if records else []
+
+        def evaluate_model() -> dict:
+            if not cfg.DATASETS.TEST:
+                return {}
+            results = evaluate(cfg, model, show_progress and comm.is_main_process())
+            # how many images the APs are of (TEST.MAX_IMAGES may make it a subset), in metrics.json
+            first = get_dataset_dicts(cfg.DATASETS.TEST[0])
+            self.storage.put_scalar("eval/images", len(evaluated_records(first, cfg.TEST.MAX_IMAGES)))
+            return results
+
+        self.eval_hook = EvalHook(cfg.TEST.EVAL_PERIOD, evaluate_model, writers=records)
         self.register_hooks([
             LRSchedulerHook(optimizer, self.scheduler),
             EquilibriumStatsHook(model, period=cfg.TRAINER.WINDOW_SIZE),
             PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter),
+            PeriodicWriter(writers, period=cfg.TRAINER.WINDOW_SIZE),  # the iteration's log line, then evaluation
             self.eval_hook,
-            PeriodicWriter(writers, period=cfg.TRAINER.WINDOW_SIZE),
         ])
 
     def resume_or_load(self, resume: bool, overwrite: bool = False) -> None:

@@ -78,12 +78,15 @@ class CommonMetricPrinter:
 
 class JSONWriter:
     """Appends one JSON object per report to ``path`` (metrics.json), each line in one ``write`` call
-    so that a killed run leaves whole lines. ``start`` first drops the records a run resumed from an
+    so that a killed run leaves whole lines; a second report at the same iteration (the evaluation's
+    results, after the training line) is merged into that iteration's record, the file rewritten
+    atomically: one record per iteration. ``start`` first drops the records a run resumed from an
     earlier checkpoint is about to redo (and those of a run started over), so the file describes one
     run."""
 
     def __init__(self, path: str, window: int = 20):
         self.path, self.window = path, window
+        self._last_record: dict | None = None  # the last record written, to merge a later report into
 
     def start(self, start_iter: int) -> None:
         """Keeps the records of the iterations before ``start_iter``; a line cut short is dropped."""
@@ -96,12 +99,21 @@ class JSONWriter:
                             kept.append(line.rstrip("\n") + "\n")
         with open_atomically(self.path) as f:
             f.writelines(kept)
+        self._last_record = None
 
     def write(self, storage: EventStorage) -> None:
-        line = json.dumps({"iteration": storage.iter, **storage.current(self.window)}) + "\n"
+        record = {"iteration": storage.iter, **storage.current(self.window)}
+        if self._last_record is not None and self._last_record["iteration"] == storage.iter:
+            self._last_record.update(record)
+            with open(self.path) as f:
+                earlier = f.readlines()[:-1]
+            with open_atomically(self.path) as f:
+                f.writelines([*earlier, json.dumps(self._last_record) + "\n"])
+            return
+        self._last_record = record
         handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            os.write(handle, line.encode())
+            os.write(handle, (json.dumps(record) + "\n").encode())
         finally:
             os.close(handle)
 

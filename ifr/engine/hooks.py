@@ -49,31 +49,35 @@ class PeriodicCheckpointer(HookBase):
 
 
 class EvalHook(HookBase):
-    """Runs ``evaluate()`` every ``period`` iterations (0: none) and after the last iteration, before
-    the writers report, and stores the APs as metrics (``segm/AP``, ...)."""
+    """Runs ``evaluate()`` every ``period`` iterations (0: none) and after the last iteration, after
+    the writers have reported that iteration (so the log's last training line comes before the
+    evaluation tables), stores the APs as metrics (``segm/AP``, ...) and hands them to ``writers``
+    (metrics.json, TensorBoard: the iteration's record gains them). Register it after the
+    ``PeriodicWriter``."""
 
-    def __init__(self, period: int, evaluate):
-        self.period, self.evaluate = period, evaluate
-        self._final_done = False
+    def __init__(self, period: int, evaluate, writers: list = ()):
+        self.period, self.evaluate, self.writers = period, evaluate, list(writers)
         self.last_results: dict | None = None
 
     def _run(self) -> None:
         results = self.last_results = self.evaluate()
+        storage = self.trainer.storage
         for task, scores in (results or {}).items():
             for name, value in scores.items():
                 if "-" not in name:
-                    self.trainer.storage.put_scalar(f"{task}/{name}", value)
+                    storage.put_scalar(f"{task}/{name}", value)
+        if results:
+            for writer in self.writers:
+                writer.write(storage)
+
+    def before_train(self) -> None:
+        # A run with nothing left to train (MAX_ITER reached or 0) still gets its evaluation.
+        if self.trainer.start_iter >= self.trainer.max_iter:
+            self._run()
 
     def after_step(self) -> None:
         it = self.trainer.iter + 1
-        final = it == self.trainer.max_iter
-        if final or (self.period > 0 and it % self.period == 0):
-            self._run()
-            self._final_done = final
-
-    def after_train(self) -> None:
-        # A run with nothing left to train (MAX_ITER reached or 0) still gets its evaluation.
-        if not self._final_done and self.trainer.start_iter >= self.trainer.max_iter:
+        if it == self.trainer.max_iter or (self.period > 0 and it % self.period == 0):
             self._run()
 
 

@@ -1,10 +1,11 @@
 """The main job on built-in data: train a small IFR Mask R-CNN on the synthetic shapes on the CPU,
 then evaluate it and print the COCO tables.
 
-    python -m ifr.tools.quickstart [--max-iter N] [--resume] [--eval-only] [KEY VALUE ...]
+    python -m ifr.tools.quickstart [--max-iter N] [--eval-images N] [--resume] [--eval-only] [KEY VALUE ...]
 
 ``--max-iter 0`` evaluates the untrained model (the baseline quoted in docs/results.md); ``--eval-only``
-evaluates the model a previous run trained.
+evaluates the model a previous run trained. A smoke run: ``--max-iter 20 --eval-images 5`` (evaluates
+the first 5 validation images only: TEST.MAX_IMAGES).
 
 It is the IFR experiment folder's config with ``small_model_overrides()`` on top (ResNet-18 with
 GroupNorm trained from scratch, 128-px images, 3 classes, a short schedule). ``--experiment FOLDER``
@@ -33,6 +34,8 @@ def run(args) -> None:
                         f"{args.max_iter}")
     config, build_model = load_experiment(args.experiment)
     config.merge(small_model_overrides(args.max_iter, experiment=args.experiment))
+    if args.eval_images is not None:
+        config.TEST.MAX_IMAGES = args.eval_images
     config.merge_from_list(args.opts)
     with claim_run_folder(config.OUTPUT_DIR):
         run_in_claimed_folder(config, build_model, args)
@@ -59,6 +62,8 @@ def run_in_claimed_folder(config, build_model, args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-iter", type=int, default=800, help="training iterations (default 800)")
+    parser.add_argument("--eval-images", type=int, default=None, metavar="N",
+                        help="evaluate only the first N validation images (TEST.MAX_IMAGES; a smoke run)")
     parser.add_argument("--experiment", default=IFR_EXPERIMENT, help="experiment folder (default: the IFR one)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="train again from scratch over a previous run")
