@@ -263,7 +263,7 @@ def test_malformed_keypoints_are_an_error_naming_the_annotation(tmp_path, keypoi
     good = {**_ann(1), "keypoints": [1, 1, 2, 3, 3, 1]}
     json_file, images = _write(tmp_path, annotations=[good, {**_ann(2), "keypoints": keypoints}],
                                categories=categories)
-    _refused(json_file, images, f"annotation 2 of image 1: {problem}", "Fix or remove the annotation's keypoints")
+    _refused(json_file, images, "annotation 2 of image 1: ", problem, "Fix or remove the annotation's keypoints")
     good_file, _ = _write(tmp_path, annotations=[good], categories=categories)
     assert load_coco_json(good_file, images)[0]["annotations"][0]["keypoints"] == [1, 1, 2, 3, 3, 1]
 

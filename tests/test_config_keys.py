@@ -38,7 +38,8 @@ def test_every_base_key_is_read_by_a_training_run_or_refused(monkeypatch, tmp_pa
                         lambda self, key: read.add((id(self), key)) or dict.__getitem__(self, key))
     captured = {}
     setup = quickstart.default_setup
-    monkeypatch.setattr(quickstart, "default_setup", lambda cfg, args: captured.setdefault("cfg", cfg) and setup(cfg, args))
+    monkeypatch.setattr(quickstart, "default_setup",
+                        lambda cfg, args, **kwargs: captured.setdefault("cfg", cfg) and setup(cfg, args, **kwargs))
     monkeypatch.setenv("IFR_OUTPUT_ROOT", str(tmp_path))
     quickstart.main(["--max-iter", "2", "--no-progress", *TINY, "MODEL.ROI_MASK_HEAD.PRETRAINED_STEPS", "1",
                      "DATASETS.TEST", f"('{val_subset}',)"])

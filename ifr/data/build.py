@@ -162,14 +162,14 @@ def build_test_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1
     """One image per batch, this process's shard of the dataset, in order. With ``tta`` each image
     comes as the views of TEST.AUG (``TTADatasetMapper``) instead of INPUT.AUG.TEST_PIPELINES; with
     ``with_boxes`` it carries its ground-truth ``instances`` (boxes, classes) at the input size."""
-    records = SerializedRecords(get_dataset_dicts(dataset_name))
+    records = get_dataset_dicts(dataset_name)
     if not records:
         raise UserError(f"dataset {dataset_name} has no images: there is nothing to evaluate")
     if 0 < cfg.TEST.MAX_IMAGES < len(records):
         logger.warning("TEST.MAX_IMAGES %d: evaluating the first %d of the %d images of %s; the APs below are of "
                        "this subset (a smoke test), not comparable with the whole dataset's", cfg.TEST.MAX_IMAGES,
                        cfg.TEST.MAX_IMAGES, len(records), dataset_name)
-    records = evaluated_records(records, cfg.TEST.MAX_IMAGES)
+    records = SerializedRecords(evaluated_records(records, cfg.TEST.MAX_IMAGES))
     if with_boxes:  # the annotated mapping of training, with the test pipeline's deterministic resize
         mapper = DatasetMapper(cfg.INPUT.AUG.TEST_PIPELINES, cfg.INPUT.FORMAT, is_train=True, mask_on=False)
     elif tta:

@@ -6,6 +6,7 @@ segm on COCO-val-like data (benchmarks/coco_eval_bench.py); pycocotools encodes 
 the ground truth."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 

@@ -120,7 +120,9 @@ def claim_run_folder(folder: str, purpose: str = "set another OUTPUT_DIR") -> It
     """Holds ``folder`` (created if needed) for the duration of the block; on entry also removes the
     temporary files of earlier killed writes in it (``remove_leftover_temporaries``: no other
     writer can be at work there while the claim is held). ``purpose``: what the refusal suggests
-    besides waiting (e.g. "set another OUTPUT_DIR")."""
+    besides waiting (e.g. "set another OUTPUT_DIR"). A folder this claim created and nothing wrote
+    into (a job that failed before it started) is removed again."""
+    created = not os.path.isdir(folder)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -166,6 +168,9 @@ def claim_run_folder(folder: str, purpose: str = "set another OUTPUT_DIR") -> It
             if claimed and os.fstat(fd).st_ino == os.stat(path).st_ino:
                 os.remove(path)  # while still holding the flock: a waiting claimer re-opens the new file
         os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # not empty, or claimed again meanwhile: keep it
+                os.rmdir(folder)
 
 
 def launches_the_job(machine_rank: int = 0, slurm: bool = False) -> bool:
