@@ -172,16 +172,42 @@ def test_solve_setting_parsing_and_restoring(trained):
 
 def test_default_solve_matches_a_slow_reference_solve(trained):
     """Guard for speed work on the solver: the IFR folder's test-time solve (early stop at F_TOL,
-    converged RoIs skipped, channels_last) must keep every predicted mask at IoU >= 0.99, and the mask AP,
-    of a slow reference on a trained checkpoint: 60 Broyden steps on every RoI, no tolerance, no early
-    exit (the lowest-residual iterate is kept)."""
+    converged RoIs skipped, channels_last) must give every RoI it reports converged the fixed point of a
+    slow reference (60 Broyden steps on every RoI, no tolerance, no early exit, the lowest-residual
+    iterate kept) within 20 times its tolerance (3-4x measured: the block's conditioning), and the same
+    mask AP.
+
+    The refined features are compared, not the thresholded masks: this 12-iteration model's mask
+    logits sit at the threshold (about 2/3 of them within 0.05 of 0), so a difference at the solver's
+    tolerance flips pixels, and the mask IoU with the reference ranged from 0.955 to 1.0 with the
+    training stream (which torch 2.6 and 2.14 sample differently) for the same correct solve."""
     config, model = _load_quickstart_model()
-    solver = find_refinement(model).solver
+    refinement = find_refinement(model)
+    solver = refinement.solver
     default = SolveSetting(f"{solver.name}:{solver.max_iter}:{solver.tol}", solver=solver)
     slow = SolveSetting.parse("broyden:60:0")
-    rows = compute_knob.compute_knob(config, model, [default], slow)
-    assert rows[0]["min IoU"] >= 0.99
+    solves = {default.name: [], slow.name: []}
+
+    def record(module, inputs, output):
+        if inputs[0].shape[0] and module.solver.max_iter in (60, solver.max_iter):
+            name = slow.name if module.solver.max_iter == 60 else default.name
+            solves[name].append((output.detach().clone(), module.last_stats))
+
+    hook = refinement.register_forward_hook(record)
+    try:
+        rows = compute_knob.compute_knob(config, model, [default], slow)
+    finally:
+        hook.remove()
     assert abs(rows[0]["mask AP"] - rows[1]["mask AP"]) < 0.05
+    fast, reference = solves[default.name][1:], solves[slow.name]  # compute_knob's warm-up solves as the default
+    assert len(fast) == len(reference) > 0
+    converged_rois = 0
+    for (z, stats), (z_ref, _) in zip(fast, reference):
+        distance = (z - z_ref).flatten(1).norm(dim=1) / z_ref.flatten(1).norm(dim=1)
+        assert stats.converged.equal(stats.rel_residual <= solver.tol)  # what it reports is what it reached
+        assert (distance[stats.converged] <= 20 * solver.tol).all(), distance[stats.converged].max()
+        converged_rois += int(stats.converged.sum())
+    assert converged_rois > 0
 
 
 def test_demo_draws_every_readable_image_and_lists_the_others(trained, tmp_path, capsys):
