@@ -4,13 +4,15 @@ setup(
     name="ifr",
     version="0.1.0",
     description="Implicit Feature Refinement (IFR) for instance segmentation, on torch + torchvision",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["ifr", "ifr.*"]),
     # A range, so that `pip install -e .` keeps the torch (and its CUDA build) of the user's environment.
     # Lower bounds from the APIs used: transforms.v2 subclasses written against the public
     # Transform.make_params / transform hooks (torchvision 0.21, paired with torch 2.6), tv_tensors,
-    # torch.load(weights_only=True) as the default, torch.amp.GradScaler(device). The pair the tests
-    # run with is pinned in constraints.txt (scripts/setup.sh and CI install with it).
+    # torch.load(weights_only=True) as the default, torch.amp.GradScaler(device). CI runs the suite on
+    # both ends of the range: the newest tested pair (constraints.txt, which scripts/setup.sh installs)
+    # and this lower bound (constraints-lower.txt).
     install_requires=[
         "torch>=2.6",
         "torchvision>=0.21",
