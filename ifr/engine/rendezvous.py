@@ -82,14 +82,15 @@ def join_tcp_store(url: str, rank: int, world_size: int, num_per_machine: int, t
     if rank == 0:
         try:
             store = dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
-        except dist.DistNetworkError as e:
-            raise JoinError(f"process 0 cannot serve {url} on this machine ({e}): the port is taken (another job?); "
-                            "pass --dist-url with machine 0's address and a free port") from None
+        except RuntimeError as e:  # DistNetworkError on torch 2.14; a plain RuntimeError on torch 2.6
+            raise JoinError(f"process 0 cannot serve {url} on this machine ({e}): the port is taken (another job?) "
+                            "or the address is not this machine's; pass --dist-url with machine 0's address and a "
+                            "free port") from None
     else:
         _wait_until_reachable(host, port, deadline, url, timeout_s, advice)
         try:
             store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
-        except dist.DistError as e:
+        except RuntimeError as e:  # DistError on recent torch, a plain RuntimeError on torch 2.6
             raise JoinError(f"what answers at {url} is not this job's process 0 ({e}): {advice}") from None
     keys = [f"ifr/joined/{r}" for r in range(world_size)]
     try:
