@@ -287,15 +287,18 @@ def _keypoints_problem(keypoints, count: int | None) -> str | None:
     return None
 
 
+def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
+    """COCO polygons or RLE (compressed or not) of an (H, W) image -> one compressed RLE."""
+    if isinstance(segmentation, list):
+        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_util.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
 def _mask_area(segmentation, height: int, width: int) -> float:
     """Pixel count of a (validated) segmentation, as COCO computes ``area``."""
-    if isinstance(segmentation, list):
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_util.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return float(mask_util.area(rle))
+    return float(mask_util.area(segmentation_to_rle(segmentation, height, width)))
 
 
 def _fill_area_and_iscrowd(annotations: list[dict], image_sizes: dict, json_file: str) -> None:

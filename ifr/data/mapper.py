@@ -7,19 +7,14 @@ from pycocotools import mask as mask_util
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from .coco import segmentation_to_rle
 from .image_reader import ImageReadError, check_image_size, read_image
 from .transforms import build_augmentation, to_format
 
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
     """COCO polygons or RLE (compressed or not) -> (H, W) uint8 mask."""
-    if isinstance(segmentation, list):
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_util.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_util.decode(rle)
+    return mask_util.decode(segmentation_to_rle(segmentation, height, width))
 
 
 class DatasetMapper:
