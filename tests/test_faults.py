@@ -198,9 +198,9 @@ def test_settings_that_leave_nothing_to_do_are_config_errors(tmp_path, monkeypat
 @pytest.mark.parametrize("iteration", [0, 100], ids=["unrolled", "implicit"])
 def test_mask_head_gradients_in_float32_match_float64_with_large_group_means(offset, iteration):
     """The IFR head at the original initialisation, in its default (channels_last) layout, on RoI
-    features whose groups have large means. The implicit phase solves to 1e-6 in both precisions (a tolerance float32 reaches): a
-    solve cut at B_TOL 1e-4 is itself off the exact gradient by up to 5e-3 on such inputs (in
-    float64 too), which would hide the precision being tested.
+    features whose groups have large means. The implicit phase solves to 1e-6 in both precisions (a
+    tolerance float32 reaches): a solve cut at B_TOL 1e-4 is itself off the exact gradient by up to
+    5e-3 on such inputs (in float64 too), which would hide the precision being tested.
 
     The gradient is the refinement's (the tower's output times a fixed upstream gradient), not the
     whole head's: after the deconv, a ReLU input within float32 rounding of 0 can take the other
