@@ -97,8 +97,10 @@ def _advice(err: str) -> tuple[str, str]:
 def test_divergence_from_the_start_advises_starting_over_and_that_works(tmp_path, monkeypatch):
     """LR 0.2 without warm-up or clipping diverges within 3 iterations; the advised tenth, 0.02, trains.
     (From 0.5 the advised 0.05 is itself above this tiny model's stable LR: it diverges or not within 8
-    iterations depending on the sampled RPN anchors, which torch 2.6 and 2.14 draw differently.) The
-    first checkpoint, after iteration 2, is already from the climb."""
+    iterations depending on the training stream, which differs between torch 2.6 and 2.14 from the
+    first batch: the sampler's per-sample augmentation seeds, ``torch.randint(2 ** 31, ...)`` on a seeded
+    generator, draw other values there, so other images are flipped.) The first checkpoint, after
+    iteration 2, is already from the climb."""
     unstable = [*UNSTABLE, "SOLVER.CHECKPOINT_PERIOD", "3"]
     err = _quickstart(tmp_path, monkeypatch, ["--max-iter", "8"], *unstable, "SOLVER.OPTIMIZER.BASE_LR", "0.2")
     assert "No checkpoint of this run is from before the losses started rising" in err
