@@ -257,6 +257,53 @@ def test_the_implicit_gradient_of_the_keypoint_head_equals_the_unrolled_one(stoc
         assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max())
 
 
+def _head_and_inputs(model, name):
+    """The replaced head of an integration and float64 inputs of its shape: RoI features for the box
+    head, the 3 FPN levels of 2 images for the dense heads."""
+    generator = torch.Generator().manual_seed(3)
+    if name == "box":
+        return model.roi_heads.box_head, [torch.randn(3, 8, 5, 5, dtype=torch.float64, generator=generator)]
+    channels = model.backbone.out_channels
+    return model.head, [[torch.randn(2, channels, 8 // 2 ** i, 8 // 2 ** i, dtype=torch.float64, generator=generator)
+                         for i in range(3)]]
+
+
+def _weighted_sum(outputs, generator):
+    """A fixed random linear function of a head's outputs (a tensor, or a dict of them)."""
+    tensors = outputs.values() if isinstance(outputs, dict) else [outputs]
+    return sum((t * torch.randn(t.shape, dtype=t.dtype, generator=generator)).sum() for t in tensors)
+
+
+@pytest.mark.parametrize("name, levels", [("box", None), ("retinanet", "joint"), ("fcos_separate", "separate")])
+def test_the_implicit_gradient_of_each_other_integration_equals_the_unrolled_one(stock_models, name, levels):
+    """As for the keypoint head above: the box head, and the one-stage towers with the FPN levels solved
+    jointly (RetinaNet) and separately (FCOS); gradients of the inputs and of every parameter."""
+    model = _replaced(stock_models, name, "ifr", f_tol=1e-12, b_tol=1e-12, f_thres=100, b_thres=100)
+    head, inputs = _head_and_inputs(model, name)
+    head = head.double().train()
+    refinements = [m for m in head.modules() if isinstance(m, EquilibriumRefinement)]
+    level_towers = [m for m in head.modules() if isinstance(m, LevelTower)]
+    assert refinements and (levels is None or len(level_towers) == 2 and all(t.levels == levels for t in level_towers))
+    with torch.no_grad():  # a more contractive block (|df/dz| halved): 80 unrolled steps reach z*
+        for refinement in refinements:
+            refinement.block.gn3.weight.mul_(0.5)
+    flat = inputs[0] if isinstance(inputs[0], list) else inputs
+    grads = []
+    for mode in ("implicit", "unrolled"):
+        for refinement in refinements:
+            refinement.mode, refinement.num_unrolled = mode, 80
+        for x in flat:
+            x.grad = None
+            x.requires_grad_(True)
+        head.zero_grad()
+        _weighted_sum(head(*inputs), torch.Generator().manual_seed(4)).backward()
+        grads.append([x.grad.clone() for x in flat] + [p.grad.clone() for p in head.parameters() if p.grad is not None])
+    implicit, unrolled = grads
+    assert len(implicit) == len(unrolled) > len(flat)
+    for a, b in zip(implicit, unrolled):
+        assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max())
+
+
 # ---- a 2-process gloo run of the box head ----
 
 def _box_head_batches():
