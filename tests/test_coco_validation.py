@@ -368,3 +368,31 @@ def test_a_training_set_with_more_categories_than_the_model_classes_is_refused_b
                                "dataset with at most 3 categories")
     config.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "5"])
     assert len(build_train_loader(config, seed=0).dataset) == 1
+
+
+def test_box_only_annotations_are_refused_for_a_model_with_masks_and_trained_for_one_without(tmp_path):
+    """The mapper failed with KeyError 'segmentation' at the first batch drawing such an image, and the
+    segm evaluation with KeyError 'rle' after all the inference; boxes alone are fine without masks."""
+    name = f"box_only_{tmp_path.name}"
+    boxes_only = [{k: v for k, v in _ann(i, image_id=i).items() if k != "segmentation"} for i in (2, 3)]
+    json_file = _register(tmp_path, name, images=[_image(1), _image(2, "b.png"), _image(3, "c.png")],
+                          annotations=[_ann(1), *boxes_only])
+    config = RCNNFPNConfig()
+    config.merge_from_list(["DATASETS.TRAIN", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+                            "DATALOADER.NUM_WORKERS", "0", "MODEL.MASK_ON", "True"])
+    with pytest.raises(DatasetError) as info:
+        build_train_loader(config, seed=0)
+    assert str(info.value) == (f"dataset {name} ({json_file}): 2 annotations have no segmentation (images 2, 3), but "
+                               "MODEL.MASK_ON trains a mask for every annotation: add their segmentations, or set "
+                               "MODEL.MASK_ON False to train boxes only")
+    for check in (lambda: check_datasets([name], 2, ("bbox", "segm")), lambda: COCOEvaluator(name)):
+        with pytest.raises(DatasetError) as info:
+            check()
+        assert str(info.value).startswith(f"{json_file}: annotation 2 of image 2: it has no segmentation, which the "
+                                          "segm AP of a model with masks (MODEL.MASK_ON) needs"), str(info.value)
+        assert str(info.value).endswith("; annotations 3 have no segmentation too")
+    config.merge_from_list(["MODEL.MASK_ON", "False"])
+    batch = next(iter(build_train_loader(config, seed=0)))
+    assert all("masks" not in sample["instances"] for sample in batch)
+    check_datasets([name], 2, ("bbox",))
+    COCOEvaluator(name, tasks=("bbox",))

@@ -92,10 +92,26 @@ def check_category_count(dataset_name: str, records: list[dict], num_classes: in
                            f"{count}, or train on a dataset with at most {num_classes} categories")
 
 
+def check_masks_present(dataset_name: str, records: list[dict]) -> None:
+    """A ``DatasetError`` when an annotation the mask head trains on (not a crowd region) has no
+    segmentation: the mapper would fail on it at the first batch that draws its image."""
+    images = [r["image_id"] for r in records
+              if any("segmentation" not in a for a in r["annotations"] if not a.get("iscrowd", 0))]
+    if images:
+        count = sum("segmentation" not in a for r in records for a in r["annotations"] if not a.get("iscrowd", 0))
+        metadata = get_metadata(dataset_name)
+        source = f" ({metadata['json_file']})" if "json_file" in metadata else ""
+        listing = ", ".join(str(i) for i in images[:5]) + (", ..." if len(images) > 5 else "")
+        raise DatasetError(f"dataset {dataset_name}{source}: {count} annotations have no segmentation (images "
+                           f"{listing}), but MODEL.MASK_ON trains a mask for every annotation: add their "
+                           "segmentations, or set MODEL.MASK_ON False to train boxes only")
+
+
 def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False,
-                       num_classes: int | None = None) -> list[dict]:
+                       num_classes: int | None = None, mask_on: bool = False) -> list[dict]:
     """The records of every dataset in ``dataset_names``, each checked against the model's
-    ``num_classes`` when given (``check_category_count``)."""
+    ``num_classes`` when given (``check_category_count``) and, with ``mask_on``, for a segmentation
+    on every annotation (``check_masks_present``)."""
     if not dataset_names:
         raise UserError("DATASETS.TRAIN is empty: name at least one registered dataset, e.g. "
                         "DATASETS.TRAIN \"('synthetic_shapes_train',)\"")
@@ -104,6 +120,8 @@ def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = F
         loaded = get_dataset_dicts(name)
         if num_classes is not None:
             check_category_count(name, loaded, num_classes)
+        if mask_on:
+            check_masks_present(name, loaded)
         records.extend(loaded)
     if filter_empty:
         before = len(records)
@@ -124,7 +142,8 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
     """Endless loader of lists of IMS_PER_BATCH / world_size mapped records, from batch ``start_batch``
     of the seeded stream on."""
     records = load_train_records(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+                                 cfg.DATALOADER.SKIP_CORRUPT_IMAGES, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                                 cfg.MODEL.MASK_ON)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // world_size
     if batch_size < 1 or cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise UserError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a positive multiple of the "
@@ -141,15 +160,15 @@ def build_train_loader(cfg, seed: int, rank: int = 0, world_size: int = 1, start
                       pin_memory=_pin_memory(cfg))
 
 
-def check_datasets(dataset_names, num_classes: int | None = None) -> None:
+def check_datasets(dataset_names, num_classes: int | None = None, tasks: tuple[str, ...] = ("bbox",)) -> None:
     """Fails fast (before a long training run) when a test dataset is unregistered, its files are
     missing or invalid, or COCO AP on it could score nothing (``check_coco_evaluable``, with the
-    model's ``num_classes`` when given)."""
+    model's ``num_classes`` when given, for the evaluated ``tasks``)."""
     for name in dataset_names:
         metadata = get_metadata(name)
         if "json_file" in metadata:
             check_coco_paths(metadata["json_file"], metadata.get("image_root"))
-            check_coco_evaluable(load_coco_api(metadata["json_file"]), metadata["json_file"], num_classes)
+            check_coco_evaluable(load_coco_api(metadata["json_file"]), metadata["json_file"], num_classes, tasks)
 
 
 def evaluated_records(records: list[dict], max_images: int) -> list[dict]:

@@ -336,12 +336,15 @@ def _annotations_error(json_file: str, bad: list[dict], defect: str, problem: st
     return DatasetError(f"{json_file}: annotation {bad[0]['id']} of image {bad[0]['image_id']}: {problem}{others}")
 
 
-def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = None) -> None:
+def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = None,
+                         tasks: tuple[str, ...] = ("bbox",)) -> None:
     """A ``DatasetError`` when COCO AP on ``json_file`` could score nothing: no categories, or no
     annotation that is not a crowd region (COCOeval would report -1, "no ground truth", for every
-    metric). With ``num_classes`` (the model's MODEL.ROI_HEADS.NUM_CLASSES): an error when the model
-    predicts classes the file has no category for (contiguous ids >= its category count), a warning
-    when some categories can never be predicted (their AP is 0)."""
+    metric), or, with "segm" in ``tasks``, an annotation without a segmentation (COCOeval compares
+    masks with every ground-truth annotation's, crowd regions included). With ``num_classes`` (the
+    model's MODEL.ROI_HEADS.NUM_CLASSES): an error when the model predicts classes the file has no
+    category for (contiguous ids >= its category count), a warning when some categories can never be
+    predicted (their AP is 0)."""
     categories = coco.dataset.get("categories", [])
     if not categories:
         raise DatasetError(f"{json_file} has no categories: an evaluation on it has no class to score. Evaluate on "
@@ -349,6 +352,13 @@ def check_coco_evaluable(coco: COCO, json_file: str, num_classes: int | None = N
     if not any(not ann.get("iscrowd", 0) for ann in coco.dataset.get("annotations", [])):
         raise DatasetError(f"{json_file} has no annotations (or only crowd regions): COCO AP has no ground truth to "
                            "score against. Evaluate on an annotated file (DATASETS.TEST)")
+    if "segm" in tasks:
+        unmasked = [ann for ann in coco.dataset["annotations"] if "segmentation" not in ann]
+        if unmasked:
+            raise _annotations_error(json_file, unmasked, "no segmentation",
+                                     "it has no segmentation, which the segm AP of a model with masks "
+                                     "(MODEL.MASK_ON) needs for every annotation: add the segmentations, or evaluate "
+                                     "boxes only (MODEL.MASK_ON False)")
     if num_classes is not None and num_classes > len(categories):
         raise DatasetError(f"the model predicts {num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) but {json_file} "
                            f"has {len(categories)} categories: evaluate on the dataset the model was built for, or set "

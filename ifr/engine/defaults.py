@@ -286,7 +286,8 @@ class DefaultTrainer(SimpleTrainer):
         if cfg.SOLVER.LR_SCHEDULER.MAX_ITER < 1:
             raise ConfigError(f"SOLVER.LR_SCHEDULER.MAX_ITER is {cfg.SOLVER.LR_SCHEDULER.MAX_ITER}: training needs at "
                               "least one iteration (to only evaluate, use pods_test or --eval-only)")
-        check_datasets(cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES)  # not only after hours of training
+        # not only after hours of training
+        check_datasets(cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES, evaluated_tasks(cfg))
         model = build_model(cfg).to(cfg.MODEL.DEVICE)
         logger.info("model:\n%s", model)
         optimizer = build_optimizer(cfg, model)

@@ -92,7 +92,7 @@ class COCOEvaluator:
         self.tasks = tuple(sorted(tasks))
         json_file = get_metadata(dataset_name)["json_file"]
         self.coco_gt = load_coco_api(json_file)
-        check_coco_evaluable(self.coco_gt, json_file, num_classes)
+        check_coco_evaluable(self.coco_gt, json_file, num_classes, self.tasks)
         self.contiguous_to_coco = {v: k for k, v in contiguous_category_ids(self.coco_gt).items()}
         self.class_names = [self.coco_gt.cats[self.contiguous_to_coco[i]]["name"]
                             for i in range(len(self.contiguous_to_coco))]

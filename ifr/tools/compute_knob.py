@@ -26,7 +26,7 @@ from tabulate import tabulate
 
 from ifr.data import build_test_loader, check_datasets
 from ifr.deq import EquilibriumRefinement, SolverConfig
-from ifr.engine.defaults import build_evaluator
+from ifr.engine.defaults import build_evaluator, evaluated_tasks
 from ifr.errors import UserError
 from ifr.evaluation import run_inference
 from ifr.modeling.inspection import find_refinement
@@ -162,7 +162,7 @@ def run(args) -> None:
     config, model = load_trained_model(args)
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset to evaluate on")
-    check_datasets(config.DATASETS.TEST[:1], config.MODEL.ROI_HEADS.NUM_CLASSES)
+    check_datasets(config.DATASETS.TEST[:1], config.MODEL.ROI_HEADS.NUM_CLASSES, evaluated_tasks(config))
     rows = compute_knob(config, model, settings, SolveSetting.parse(args.reference), show_progress=not args.no_progress)
     print(format_rows(rows))
 

@@ -11,7 +11,7 @@ import os
 from ifr.data import check_datasets
 from ifr.engine import Checkpointer, default_argument_parser, default_setup, evaluate
 from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
-from ifr.engine.defaults import EVALUATION_CONFIG_RECORD, check_arguments, check_expected_results
+from ifr.engine.defaults import EVALUATION_CONFIG_RECORD, check_arguments, check_expected_results, evaluated_tasks
 from ifr.engine.launch import launch
 from ifr.utils.run_lock import claim_run_folder, launches_the_job
 from ifr.errors import UserError
@@ -47,7 +47,7 @@ def test_worker(args) -> None:
     default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank(), record=EVALUATION_CONFIG_RECORD)
     if not config.DATASETS.TEST:
         raise UserError("DATASETS.TEST is empty: name a registered dataset, e.g. DATASETS.TEST \"('coco_2017_val',)\"")
-    check_datasets(config.DATASETS.TEST, config.MODEL.ROI_HEADS.NUM_CLASSES)
+    check_datasets(config.DATASETS.TEST, config.MODEL.ROI_HEADS.NUM_CLASSES, evaluated_tasks(config))
     paths = checkpoints_to_evaluate(config, args)
     for path in paths:
         model = build_model(config).to(config.MODEL.DEVICE)
