@@ -18,7 +18,7 @@ from ifr.data import DatasetError, DatasetMapper, check_datasets, load_coco_json
 from ifr.data.build import build_test_loader, build_train_loader
 from ifr.data.catalog import register_dataset
 from ifr.config import RCNNFPNConfig
-from ifr.data.coco import load_coco_api
+from ifr.data.coco import _compressed_rle_counts, load_coco_api
 from ifr.errors import UserError
 from ifr.evaluation import COCOEvaluator
 from ifr.tools import test_net
@@ -26,6 +26,9 @@ from ifr.tools import test_net
 from helpers import FOLDERS, ROOT, TINY
 
 BOX = [1, 1, 5, 5]
+# pycocotools' compressed RLE of a 40 x 30 mask: given for a 20 x 30 image, it decodes to twice its pixels
+# (pycocotools itself reads a string that is too short without a word, and its area is then garbage)
+_TALL_MASK = mask_util.encode(np.asfortranarray(np.ones((40, 30), dtype=np.uint8)))["counts"].decode()
 
 
 def _image(image_id, name="a.png", height=20, width=30):
@@ -244,8 +247,13 @@ def test_a_polygon_coordinate_that_is_not_a_finite_number_is_an_error_under_a_me
     ({"size": [20, 30], "counts": [0, 650, -50]}, "uncompressed RLE counts must be non-negative integers"),
     ({"size": [20, 30], "counts": [0, 599.5, 0.5]}, "uncompressed RLE counts must be non-negative integers"),
     ({"size": [20, 30], "counts": 17}, "RLE counts are"),
+    ({"size": [20, 30], "counts": "0"}, "its compressed RLE counts add up to 0 pixels, not its image's 20 x 30 = 600"),
+    ({"size": [20, 30], "counts": _TALL_MASK}, "its compressed RLE counts add up to 1200 pixels, not its image's"),
+    ({"size": [20, 30], "counts": "0[~~"}, "its compressed RLE counts are not COCO's compressed string"),
+    ({"size": [20, 30], "counts": "0j"}, "its compressed RLE counts are not COCO's compressed string"),
 ], ids=["odd-length", "nested-pairs", "string", "rle-without-size", "rle-short", "rle-negative",
-        "rle-fraction", "rle-number"])
+        "rle-fraction", "rle-number", "compressed-short", "compressed-long", "compressed-characters",
+        "compressed-cut"])
 def test_malformed_segmentations_are_an_error_naming_the_annotation(tmp_path, segmentation, problem):
     annotation = {**_ann(2), "segmentation": segmentation}
     json_file, images = _write(tmp_path, annotations=[_ann(1), annotation])
@@ -266,6 +274,21 @@ def test_malformed_keypoints_are_an_error_naming_the_annotation(tmp_path, keypoi
     _refused(json_file, images, "annotation 2 of image 1: ", problem, "Fix or remove the annotation's keypoints")
     good_file, _ = _write(tmp_path, annotations=[good], categories=categories)
     assert load_coco_json(good_file, images)[0]["annotations"][0]["keypoints"] == [1, 1, 2, 3, 3, 1]
+
+
+def test_compressed_rle_counts_are_the_run_lengths_of_the_mask():
+    """The decoder of COCO's string against run lengths counted on the column-major mask, on masks whose
+    counts need several 5-bit groups and negative differences to the count two before."""
+    rng = np.random.default_rng(0)
+    masks = [rng.random((20, 30)) < 0.5, rng.random((200, 300)) < 0.02, rng.random((48, 64)) < 0.999,
+             np.ones((1, 1)), np.zeros((3, 5)), np.pad(np.ones((500, 1000)), ((1500, 0), (2000, 0)))]
+    for mask in masks:
+        pixels = mask.astype(np.uint8).flatten(order="F")
+        changes = np.flatnonzero(np.diff(pixels)) + 1
+        runs = np.diff(np.concatenate([[0], changes, [pixels.size]])).tolist()
+        runs = [0, *runs] if pixels[0] else runs  # COCO's first run counts zeros
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert _compressed_rle_counts(rle["counts"].decode()) == runs
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["uncompressed", "compressed"])

@@ -234,20 +234,49 @@ def _rle_problem(rle: dict, height, width) -> str | None:
     if not isinstance(size, list) or size != [height, width]:
         return f"its RLE size {json.dumps(size)} is not its image's [height, width] [{height}, {width}]; encode " \
                "the mask at the image's size"
-    if isinstance(counts, list):
-        try:
-            total, lowest = sum(counts), min(counts, default=0)
-        except TypeError:
-            total, lowest = None, None
-        if not _is_integer(total) or lowest < 0:
-            return "uncompressed RLE counts must be non-negative integers (run lengths)"
-        if total != height * width:
-            return f"its uncompressed RLE counts add up to {total} pixels, not its image's {height} x {width} = " \
-                   f"{height * width}"
-    elif not isinstance(counts, str):
+    if isinstance(counts, str):
+        # pycocotools reads a string that decodes to too few pixels without a word (its area is then garbage)
+        kind, counts = "compressed", _compressed_rle_counts(counts)
+        if counts is None:
+            return "its compressed RLE counts are not COCO's compressed string (characters '0' to 'o' encoding " \
+                   "run lengths); encode the mask with pycocotools.mask.encode"
+    elif isinstance(counts, list):
+        kind = "uncompressed"
+    else:
         return f"RLE counts are {_json_type(counts)}; they must be a list of run " \
                "lengths or COCO's compressed string"
+    try:
+        total, lowest = sum(counts), min(counts, default=0)
+    except TypeError:
+        total, lowest = None, None
+    if not _is_integer(total) or lowest < 0:
+        return f"{kind} RLE counts must be non-negative integers (run lengths)"
+    if total != height * width:
+        return f"its {kind} RLE counts add up to {total} pixels, not its image's {height} x {width} = " \
+               f"{height * width}"
     return None
+
+
+def _compressed_rle_counts(text: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string, or None when ``text`` is not one. The format
+    (pycocotools' rleToString): each count is a little-endian sequence of 5-bit groups stored as
+    ``chr(48 + group)``, bit 0x20 of a character meaning "more groups follow" and bit 0x10 of the last
+    one the sign; from the third count on, what is stored is the difference to the count two before."""
+    counts = []
+    value = shift = 0
+    for character in text:
+        group = ord(character) - 48
+        if not 0 <= group < 64:
+            return None
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        counts.append(value + counts[-2] if len(counts) > 2 else value)
+        value = shift = 0
+    return None if shift else counts
 
 
 def _segmentation_problem(segmentation, height, width) -> str | None:
