@@ -15,7 +15,9 @@ steps per image and per RoI; then the mean and standard deviation over seeds. Ea
 A finished run is reused only when those match the command's; otherwise (or when its results.json
 cannot be read) it is run again from scratch, saying why. ``--finished-only`` prints the tables of the
 matching finished runs without training the others, and says which runs it left out and why. The
-tables are titled with the iterations, seeds and threads the runs recorded.
+tables are titled with the iterations, seeds and threads the runs recorded. A run's folder is claimed
+while it trains (``ifr.utils.run_lock``), so commands into one DIR can run side by side on different runs;
+one that reaches a run another command is at work on stops in one line naming it.
 
 ``--jacobian-weights`` adds IFR runs with MODEL.ROI_MASK_HEAD.JACOBIAN_WEIGHT w (head ``ifr_jac<w>``;
 0 is the plain ``ifr`` run). The regulariser only acts in the implicit phase, so a regularised run is
@@ -41,8 +43,9 @@ from ifr.engine import DefaultTrainer, default_setup, evaluate
 from ifr.engine.checkpoint import checkpoint_iteration, training_checkpoints
 from ifr.paths import EXPERIMENTS, output_root
 from ifr.presets import small_model_overrides
-from ifr.tools.experiment import load_experiment
+from ifr.tools.experiment import load_experiment, run_reporting_user_errors
 from ifr.utils.atomic import json_writer, write_atomically
+from ifr.utils.run_lock import LOCK_NAME, claim_run_folder
 
 DATASETS = {"hard": ("synthetic_hard_train", "synthetic_hard_val", 5),
             "shapes": ("synthetic_shapes_train", "synthetic_shapes_val", 3)}
@@ -213,11 +216,36 @@ def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
     if finished_only:
         print(f"left out {out}: {why}")
         return None
+    with claim_run(out):
+        return _train_and_evaluate(dataset, variant, seed, root, out, config, build_model, settings)
+
+
+def claim_run(out: str):
+    """The run folder ``out`` claimed for this command (``ifr.utils.run_lock``): another ablation
+    command at work on the same run is refused in one line naming it."""
+    return claim_run_folder(out, "let it finish (its results are then reused), or give this command another --output")
+
+
+def clear_run_folder(out: str) -> None:
+    """Removes what an earlier run left in the claimed folder ``out``, its lock excepted."""
+    for entry in os.scandir(out):
+        if entry.name != LOCK_NAME:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+
+
+def _train_and_evaluate(dataset: str, variant: str, seed: int, root: str, out: str, config, build_model,
+                        settings: dict) -> dict:
+    results, why = reusable_results(out, settings)  # again: another command may have finished it meanwhile
+    if results is not None:
+        return results
     if why != "not run yet":
         print(f"running {out} again: {why}")
     if why.startswith("it ran with other settings") or _checkpoints_of_other_run(out, settings):
         print(f"{out}: its checkpoints are of a run with other settings; starting over")
-        shutil.rmtree(out)
+        clear_run_folder(out)
     if variant.startswith(JACOBIAN_PREFIX):
         copied = share_unrolled_phase(config, os.path.join(root, dataset, "ifr", f"seed{seed}"))
         print(f"{variant} seed {seed}: " + (f"resuming from the plain IFR run's {copied}" if copied else
@@ -344,4 +372,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(lambda _: main(), None)

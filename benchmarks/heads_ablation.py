@@ -19,7 +19,8 @@ jobs of a shared machine do not count; forward passes only); forward solver step
 sample (RoI, or image and level); training CPU seconds per iteration; then the mean and standard
 deviation over seeds. Each run leaves ``results.json`` in ``DIR/<detector>/<form>/seed<k>`` (default DIR:
 ``$IFR_OUTPUT_ROOT/heads_ablation``, else ``output/heads_ablation``) with the settings it ran with, and a
-finished run is reused only when they match the command's, as in ``benchmarks/ablation.py``.
+finished run is reused only when they match the command's, and a run's folder is claimed while it
+trains, as in ``benchmarks/ablation.py``.
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ import time
 import torch
 from tabulate import tabulate
 
-from ablation import SolverSteps, _mean, _mean_std, reusable_results
+from ablation import SolverSteps, _mean, _mean_std, claim_run, reusable_results
 from ifr.paths import output_root
 from ifr.presets import torchvision_detectors as detectors
 from ifr.tools.analyze_model import count_flops, count_parameters
+from ifr.tools.experiment import run_reporting_user_errors
 from ifr.utils.atomic import json_writer, write_atomically
 
 DEFAULT_DETECTORS = ("keypoint_rcnn", "faster_rcnn_v2", "retinanet_v2")
@@ -104,6 +106,13 @@ def one_run(detector: str, form: str, seed: int, max_iter: int, val_images: int 
     if finished_only:
         print(f"left out {out}: {why}")
         return None
+    with claim_run(out):
+        results, why = reusable_results(out, settings)  # again: another command may have finished it meanwhile
+        return results or _train_and_evaluate(detector, form, seed, max_iter, val_images, out, settings, why)
+
+
+def _train_and_evaluate(detector: str, form: str, seed: int, max_iter: int, val_images: int | None, out: str,
+                        settings: dict, why: str) -> dict:
     print(f"running {out} ({why})", flush=True)
     torch.manual_seed(seed)
     model = detectors.build_detector(detector, num_classes=len(detectors.class_names(detector)))
@@ -125,7 +134,6 @@ def one_run(detector: str, form: str, seed: int, max_iter: int, val_images: int 
               "solver_steps_per_image": steps.steps / images if form == "ifr" else None,
               "solver_steps_per_sample": steps.roi_steps / steps.rois if steps.rois else None,
               "train_cpu_seconds_per_iteration": train_seconds / max_iter, "settings": settings}
-    os.makedirs(out, exist_ok=True)
     write_atomically(os.path.join(out, "results.json"), json_writer(result, indent=1))
     return result
 
@@ -177,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(lambda _: main(), None)

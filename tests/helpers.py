@@ -1,5 +1,7 @@
-"""Constants shared by the end-to-end tests."""
+"""Constants and helpers shared by the end-to-end tests."""
 import os
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = {
@@ -18,3 +20,21 @@ TINY = ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "M
                                     "'sample_style': 'choice'})]",
         "DATASETS.TEST", f"('{VAL_SUBSET}',)", "DATALOADER.NUM_WORKERS", "0",
         "TRAINER.WINDOW_SIZE", "1", "SOLVER.LR_SCHEDULER.WARMUP_ITERS", "2", "SOLVER.OPTIMIZER.BASE_LR", "0.01"]
+
+
+_HOLDER = """import sys
+from ifr.utils.run_lock import claim_run_folder
+with claim_run_folder(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def hold_run_folder(tmp_path, folder) -> subprocess.Popen:
+    """Another process holding the run folder ``folder`` (``claim_run_folder``) until its stdin closes."""
+    script = tmp_path / "hold_run_folder.py"
+    script.write_text(_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

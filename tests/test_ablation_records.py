@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, hold_run_folder
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_a_mismatching_or_unreadable_run_is_run_again(ablation, tmp_path, monkey
         ablation.one_run("shapes", "ifr", 0, 800, str(tmp_path))
     printed = capsys.readouterr().out
     assert f"running {smoke} again: it ran with other settings" in printed and "starting over" in printed
-    assert not os.path.exists(smoke)  # the 2-iteration checkpoints are not resumed into an 800-iteration run
+    assert not os.path.exists(smoke) or os.listdir(smoke) == []  # its 2-iteration checkpoints are not resumed
 
     unreadable = _fabricate(ablation, tmp_path, 1, 800, content="{")
     config, _ = ablation.run_config("shapes", "ifr", 1, 800, unreadable)
@@ -101,6 +101,26 @@ def test_a_mismatching_or_unreadable_run_is_run_again(ablation, tmp_path, monkey
     printed = capsys.readouterr().out
     assert f"running {unreadable} again: its results.json cannot be read" in printed and "starting over" not in printed
     assert os.path.isfile(os.path.join(unreadable, "model_final.pth"))  # resumed: only the evaluation is redone
+
+
+def test_a_run_another_command_is_at_work_on_is_refused_naming_it(ablation, tmp_path, monkeypatch, capsys):
+    """Two ablation commands into one --output (e.g. one per dataset or detector, side by side) share no
+    run; one that reaches the other's run stops in one line instead of training it a second time."""
+    monkeypatch.setattr(ablation, "default_setup", lambda config, args: pytest.fail("trained a run held by another"))
+    out = os.path.join(str(tmp_path), "shapes", "ifr", "seed0")
+    holder = hold_run_folder(tmp_path, out)
+    try:
+        with pytest.raises(SystemExit) as info:
+            ablation.run_reporting_user_errors(lambda _: _main(ablation, monkeypatch, capsys, "--datasets", "shapes",
+                                                               "--heads", "ifr", "--seeds", "0", "--output",
+                                                               str(tmp_path)), None)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    error = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and error.startswith(f"ERROR: OUTPUT_DIR {out} is in use by ") and error.endswith(
+        "let it finish (its results are then reused), or give this command another --output"), error
+    assert "\n" not in error
 
 
 def test_finished_only_without_any_run_says_how_to_produce_them(ablation, tmp_path, monkeypatch, capsys):

@@ -19,14 +19,7 @@ from ifr.utils import atomic
 from ifr.utils.atomic import StagedFiles, remove_leftover_temporaries, write_atomically
 from ifr.utils.run_lock import LOCK_NAME, RunFolderBusy, claim_run_folder, launches_the_job
 
-from helpers import FOLDERS, ROOT, TINY
-
-HOLDER = """import sys
-from ifr.utils.run_lock import claim_run_folder
-with claim_run_folder(sys.argv[1]):
-    print("held", flush=True)
-    sys.stdin.read()
-"""
+from helpers import FOLDERS, ROOT, TINY, hold_run_folder
 
 
 @pytest.fixture
@@ -37,16 +30,6 @@ def lock_log(caplog):
     caplog.set_level(logging.INFO, logger="ifr.utils.run_lock")
     yield caplog
     logger.removeHandler(caplog.handler)
-
-
-def _hold(tmp_path, folder) -> subprocess.Popen:
-    """Another process holding ``folder`` until its stdin closes."""
-    script = tmp_path / "hold_run_folder.py"
-    script.write_text(HOLDER)
-    holder = subprocess.Popen([sys.executable, str(script), str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
 
 
 def _experiment(tmp_path, monkeypatch):
@@ -67,7 +50,7 @@ def test_a_second_command_is_refused_naming_the_owner_and_a_killed_owners_lock_i
     from ifr.tools import test_net, train_net
 
     run = tmp_path / "run"
-    holder = _hold(tmp_path, run)
+    holder = hold_run_folder(tmp_path, run)
     try:
         _experiment(tmp_path, monkeypatch)
         for main, argv in [(train_net.main, []), (train_net.main, ["--resume"]), (test_net.main, ["MODEL.WEIGHTS", ""])]:
