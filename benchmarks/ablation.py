@@ -158,10 +158,14 @@ class SolverSteps:
             hook.remove()
 
     def _count(self, module, inputs, output) -> None:
-        if module.last_stats is not None:
-            self.steps += module.last_stats.iterations
-            self.roi_steps += int(module.last_stats.sample_steps.sum())
-            self.rois += module.last_stats.sample_steps.numel()
+        self.add(module.last_stats)
+
+    def add(self, stats) -> None:
+        """Counts one solve's statistics (``SolverStats``; None, an unrolled call, counts nothing)."""
+        if stats is not None:
+            self.steps += stats.iterations
+            self.roi_steps += int(stats.sample_steps.sum())
+            self.rois += stats.sample_steps.numel()
 
 
 def share_unrolled_phase(config, plain_run: str) -> str | None:

@@ -16,8 +16,8 @@ for the RoI heads also per RoI, the IFR form's solve at its measured mean steps 
 counts it, since per image they follow the number of RoIs, for the keypoint head the detections);
 CPU seconds per image of the whole model and of the replaced part (``time.process_time``, so the other
 jobs of a shared machine do not count; forward passes only); forward solver steps per image and per
-sample (RoI, or image and level); training CPU seconds per iteration; then the mean and standard
-deviation over seeds. Each run leaves ``results.json`` in ``DIR/<detector>/<form>/seed<k>`` (default DIR:
+sample (RoI; for the one-stage towers, whose levels are solved at once, image); training CPU seconds per
+iteration; then the mean and standard deviation over seeds. Each run leaves ``results.json`` in ``DIR/<detector>/<form>/seed<k>`` (default DIR:
 ``$IFR_OUTPUT_ROOT/heads_ablation``, else ``output/heads_ablation``) with the settings it ran with, and a
 finished run is reused only when they match the command's, and a run's folder is claimed while it
 trains, as in ``benchmarks/ablation.py``.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import time
 
@@ -34,6 +35,7 @@ from tabulate import tabulate
 
 from ablation import SolverSteps, _mean, _mean_std, claim_run, reusable_results
 from ifr.paths import output_root
+from ifr.integrations.torchvision import LevelTower
 from ifr.presets import torchvision_detectors as detectors
 from ifr.tools.analyze_model import count_flops, count_parameters
 from ifr.tools.experiment import run_reporting_user_errors
@@ -60,24 +62,45 @@ def flops_per_roi(detector: str, form: str, steps: float | None) -> float | None
 
 
 class ReplacedPartProbe:
-    """Records what the replaced tower(s) are called with, and the CPU seconds spent in them, while
-    attached (forward pre- and post-hooks)."""
+    """Records what the replaced tower(s) are called with, the CPU seconds spent in them and their
+    forward solver steps (``steps``) while attached (forward pre- and post-hooks).
 
-    def __init__(self, towers: list[torch.nn.Module]):
-        self.calls: list[tuple[torch.nn.Module, tuple]] = []
+    A one-stage head's ``LevelTower`` of the "ifr" form with ``levels="joint"`` solves all levels of a
+    forward in its branch's pre-hook (``LevelTower.begin``) and returns those results to the per-level
+    calls that follow: that solve is timed by two more pre-hooks on the branch, one before ``begin`` and
+    one after, recorded as one ``forward_levels`` call, and its steps counted from the tower's refinement
+    statistics; the per-level calls are then timed but not recorded (they only hand results out)."""
+
+    def __init__(self, towers: list[torch.nn.Module], steps: SolverSteps, branches: dict | None = None):
+        self.calls: list[tuple[object, tuple]] = []
         self.seconds = 0.0
         self._started = 0.0
+        self._steps = steps
         self._hooks = []
         for tower in towers:
             self._hooks.append(tower.register_forward_pre_hook(self._enter))
             self._hooks.append(tower.register_forward_hook(self._leave))
+        for tower, branch in (branches or {}).items():
+            self._hooks.append(branch.register_forward_pre_hook(self._start_joint_solve, prepend=True))
+            self._hooks.append(branch.register_forward_pre_hook(functools.partial(self._end_joint_solve, tower)))
 
     def _enter(self, module, inputs) -> None:
-        self.calls.append((module, inputs))
+        if not _solves_levels_jointly(module):
+            self.calls.append((module, inputs))
         self._started = time.process_time()
 
     def _leave(self, module, inputs, output) -> None:
         self.seconds += time.process_time() - self._started
+
+    def _start_joint_solve(self, branch, inputs) -> None:
+        self._started = time.process_time()
+
+    def _end_joint_solve(self, tower, branch, inputs) -> None:
+        if not _solves_levels_jointly(tower):  # the per-level calls do the work (and are timed)
+            return
+        self.seconds += time.process_time() - self._started
+        self.calls.append((tower.forward_levels, (list(inputs[0]),)))
+        self._steps.add(tower.refinement.last_stats)
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -85,13 +108,20 @@ class ReplacedPartProbe:
 
     def flops(self) -> int:
         """FLOPs of every recorded call, run again under the counter."""
-        return sum(count_flops(module, *inputs) for module, inputs in self.calls)
+        return sum(count_flops(call, *inputs) for call, inputs in self.calls)
+
+
+def _solves_levels_jointly(tower) -> bool:
+    """Whether ``tower`` is now a one-stage head's tower solving all levels at once (the "ifr" form with
+    ``levels="joint"``, in evaluation: the probe measures the evaluation)."""
+    return isinstance(tower, LevelTower) and tower.form == "ifr" and tower.levels == "joint" and not tower.training
 
 
 def run_settings(detector: str, form: str, seed: int, max_iter: int, val_images: int | None) -> dict:
     """What a run's results depend on."""
+    levels = {"levels": "joint"} if form == "ifr" and detector not in ROI_SIZES else {}  # how its towers solve
     return {"detector": detector, "form": form, "seed": seed, "max_iter": max_iter, "batch_size": 2,
-            "val_images": val_images, "threads": torch.get_num_threads()}
+            "val_images": val_images, "threads": torch.get_num_threads(), **levels}
 
 
 def one_run(detector: str, form: str, seed: int, max_iter: int, val_images: int | None, root: str,
@@ -119,8 +149,10 @@ def _train_and_evaluate(detector: str, form: str, seed: int, max_iter: int, val_
     replaced = detectors.replace_tower(model, detector, form, pretrained_steps=int(0.8 * max_iter))
     towers = detectors.replaced_modules(replaced)
     train_seconds = detectors.train(model, detector, max_iter, seed=seed)
-    probe = ReplacedPartProbe(towers)
     steps = SolverSteps(detectors.refinements(replaced))
+    branches = {tower: getattr(model.head, name) for name, tower in replaced.items()} \
+        if isinstance(replaced, dict) else None  # the one-stage head's branches, by tower
+    probe = ReplacedPartProbe(towers, steps, branches)
     scores = detectors.evaluate(model, detector, val_images)
     probe.remove()
     steps.remove()

@@ -30,22 +30,53 @@ def test_the_example_trains_evaluates_and_draws(script, extra, printed, datasets
         assert image.size[0] > 300 and image.size[1] > 150  # a grid of 8 drawn validation images
 
 
-def test_the_heads_ablation_records_a_run_and_reuses_it_only_with_its_settings(datasets_root, tmp_path, monkeypatch,
-                                                                                capsys):
+@pytest.mark.parametrize("detector", ["faster_rcnn_v2", "retinanet_v2"])
+def test_the_heads_ablation_records_a_run_and_reuses_it_only_with_its_settings(detector, datasets_root, tmp_path,
+                                                                                monkeypatch, capsys):
+    """RetinaNet's towers solve all levels of a forward at once, in their branch's pre-hook: the run's
+    solver steps, tower time and FLOPs must be those of that solve (they once read 0)."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
-    command = ["heads_ablation.py", "--detectors", "faster_rcnn_v2", "--forms", "ifr", "--seeds", "0",
+    command = ["heads_ablation.py", "--detectors", detector, "--forms", "ifr", "--seeds", "0",
                "--max-iter", "3", "--val-images", "2", "--output", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", command)
     runpy.run_path(os.path.join(ROOT, "benchmarks", "heads_ablation.py"), run_name="__main__")
-    with open(tmp_path / "faster_rcnn_v2" / "ifr" / "seed0" / "results.json") as f:
+    with open(tmp_path / detector / "ifr" / "seed0" / "results.json") as f:
         result = json.load(f)
     assert result["task"] == "bbox" and result["replaced_parameters"] > 0
     assert result["replaced_flops_per_image"] > 0 and result["solver_steps_per_image"] >= 1
+    assert result["solver_steps_per_sample"] >= 1
     assert 0 < result["replaced_cpu_seconds_per_image"] < result["cpu_seconds_per_image"]
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", [*command, "--finished-only"])
     runpy.run_path(os.path.join(ROOT, "benchmarks", "heads_ablation.py"), run_name="__main__")
-    assert "| faster_rcnn_v2 | ifr " in capsys.readouterr().out
+    assert f"| {detector} | ifr " in capsys.readouterr().out.replace("  ", " ").replace("  ", " ")
     monkeypatch.setattr(sys, "argv", [*command, "--max-iter", "4", "--finished-only"])  # the last --max-iter counts
     runpy.run_path(os.path.join(ROOT, "benchmarks", "heads_ablation.py"), run_name="__main__")
     assert "max_iter 3 -> 4" in capsys.readouterr().out
+
+
+def test_the_heads_ablation_measures_a_joint_level_solve_once(datasets_root):
+    """The probe's FLOPs of a joint solve are those of one ``forward_levels`` call per branch forward,
+    not of the per-level calls that only hand its results out (re-run alone, they would solve each level)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import heads_ablation
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    import torch
+    from ifr.presets import torchvision_detectors as detectors
+
+    torch.manual_seed(0)
+    model = detectors.build_detector("retinanet_v2", num_classes=len(detectors.class_names("retinanet_v2")))
+    replaced = detectors.replace_tower(model, "retinanet_v2", "ifr", pretrained_steps=0)
+    model.eval()
+    steps = heads_ablation.SolverSteps(detectors.refinements(replaced))
+    branches = {tower: getattr(model.head, name) for name, tower in replaced.items()}
+    probe = heads_ablation.ReplacedPartProbe(list(replaced.values()), steps, branches)
+    with torch.no_grad():
+        model([torch.rand(3, 64, 96)])
+    probe.remove()
+    steps.remove()
+    assert [getattr(call, "__name__", None) for call, _ in probe.calls] == ["forward_levels", "forward_levels"]
+    assert [len(inputs[0]) for _, inputs in probe.calls] == [5, 5]  # RetinaNet's 5 levels in each solve
+    assert steps.rois == 2 and steps.steps >= 2 and probe.seconds > 0  # one joint solve per branch
