@@ -17,9 +17,9 @@ counts it, since per image they follow the number of RoIs, for the keypoint head
 CPU seconds per image of the whole model and of the replaced part (``time.process_time``, so the other
 jobs of a shared machine do not count; forward passes only); forward solver steps per image and per
 sample (RoI; for the one-stage towers, whose levels are solved at once, image); training CPU seconds per
-iteration; then the mean and standard deviation over seeds. Each run leaves ``results.json`` in ``DIR/<detector>/<form>/seed<k>`` (default DIR:
-``$IFR_OUTPUT_ROOT/heads_ablation``, else ``output/heads_ablation``) with the settings it ran with, and a
-finished run is reused only when they match the command's, and a run's folder is claimed while it
+iteration; then the mean and standard deviation over seeds. Each run leaves ``results.json`` in
+``DIR/<detector>/<form>/seed<k>`` (default DIR: ``$IFR_OUTPUT_ROOT/heads_ablation``, else
+``output/heads_ablation``) with the settings it ran with, and a finished run is reused only when they match the command's, and a run's folder is claimed while it
 trains, as in ``benchmarks/ablation.py``.
 """
 from __future__ import annotations
