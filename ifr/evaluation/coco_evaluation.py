@@ -1,9 +1,9 @@
 """COCO box and mask AP, reported as cvpods does (summary, tables, copypaste lines).
 
 The AP is computed by faster-coco-eval, a C++ implementation of pycocotools' COCOeval that gives the
-same figures (checked against pycocotools in tests/test_coco_metrics.py), 15x faster for bbox and 6x for
-segm on COCO-val-like data (benchmarks/coco_eval_bench.py); pycocotools encodes the masks and indexes
-the ground truth."""
+same figures (checked against pycocotools in tests/test_coco_metrics.py), 14-38x faster for bbox and
+5-22x for segm on COCO-val-like data, by load and size (BENCHMARKS.md, benchmarks/coco_eval_bench.py);
+pycocotools encodes the masks and indexes the ground truth."""
 from __future__ import annotations
 
 import contextlib
