@@ -12,7 +12,7 @@ setup(
     # Transform.make_params / transform hooks (torchvision 0.21, paired with torch 2.6), tv_tensors,
     # torch.load(weights_only=True) as the default, torch.amp.GradScaler(device). CI runs the suite on
     # both ends of the range: the newest tested pair (constraints.txt, which scripts/setup.sh installs)
-    # and this lower bound (constraints-lower.txt).
+    # on Python 3.11, and this lower bound (constraints-lower.txt) on Python 3.10, python_requires' bound.
     install_requires=[
         "torch>=2.6",
         "torchvision>=0.21",
