@@ -34,6 +34,7 @@ import shutil
 import statistics
 import sys
 import time
+from typing import Callable
 
 import torch
 from tabulate import tabulate
@@ -214,20 +215,24 @@ def one_run(dataset: str, variant: str, seed: int, max_iter: int, root: str,
     out = os.path.join(root, dataset, variant, f"seed{seed}")
     config, build_model = run_config(dataset, variant, seed, max_iter, out)
     settings = run_settings(config, variant)
+    return reused_or_run(out, settings, finished_only, lambda why: _train_and_evaluate(
+        dataset, variant, seed, root, out, config, build_model, settings, why))
+
+
+def reused_or_run(out: str, settings: dict, finished_only: bool, run: Callable[[str], dict]) -> dict | None:
+    """The results of the run in folder ``out``: read when it finished with ``settings``, else
+    ``run(why it is run)`` with the folder claimed for this command (``ifr.utils.run_lock``: another
+    command at work on the same run is refused in one line naming it); with ``finished_only``, None,
+    saying why the run is left out."""
     results, why = reusable_results(out, settings)
     if results is not None:
         return results
     if finished_only:
         print(f"left out {out}: {why}")
         return None
-    with claim_run(out):
-        return _train_and_evaluate(dataset, variant, seed, root, out, config, build_model, settings)
-
-
-def claim_run(out: str):
-    """The run folder ``out`` claimed for this command (``ifr.utils.run_lock``): another ablation
-    command at work on the same run is refused in one line naming it."""
-    return claim_run_folder(out, "let it finish (its results are then reused), or give this command another --output")
+    with claim_run_folder(out, "let it finish (its results are then reused), or give this command another --output"):
+        results, why = reusable_results(out, settings)  # again: another command may have finished it meanwhile
+        return results if results is not None else run(why)
 
 
 def clear_run_folder(out: str) -> None:
@@ -241,10 +246,7 @@ def clear_run_folder(out: str) -> None:
 
 
 def _train_and_evaluate(dataset: str, variant: str, seed: int, root: str, out: str, config, build_model,
-                        settings: dict) -> dict:
-    results, why = reusable_results(out, settings)  # again: another command may have finished it meanwhile
-    if results is not None:
-        return results
+                        settings: dict, why: str) -> dict:
     if why != "not run yet":
         print(f"running {out} again: {why}")
     if why.startswith("it ran with other settings") or _checkpoints_of_other_run(out, settings):

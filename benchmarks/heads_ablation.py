@@ -33,7 +33,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from ablation import SolverSteps, _mean, _mean_std, claim_run, reusable_results
+from ablation import SolverSteps, _mean, _mean_std, reused_or_run
 from ifr.paths import output_root
 from ifr.integrations.torchvision import LevelTower
 from ifr.presets import torchvision_detectors as detectors
@@ -130,15 +130,8 @@ def one_run(detector: str, form: str, seed: int, max_iter: int, val_images: int 
     (None with ``finished_only``, saying why it is left out)."""
     out = os.path.join(root, detector, form, f"seed{seed}")
     settings = run_settings(detector, form, seed, max_iter, val_images)
-    results, why = reusable_results(out, settings)
-    if results is not None:
-        return results
-    if finished_only:
-        print(f"left out {out}: {why}")
-        return None
-    with claim_run(out):
-        results, why = reusable_results(out, settings)  # again: another command may have finished it meanwhile
-        return results or _train_and_evaluate(detector, form, seed, max_iter, val_images, out, settings, why)
+    return reused_or_run(out, settings, finished_only, lambda why: _train_and_evaluate(
+        detector, form, seed, max_iter, val_images, out, settings, why))
 
 
 def _train_and_evaluate(detector: str, form: str, seed: int, max_iter: int, val_images: int | None, out: str,
