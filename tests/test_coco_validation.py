@@ -215,9 +215,14 @@ def _capped_address_space():
 
 
 def test_a_polygon_coordinate_that_is_not_a_finite_number_is_an_error_under_a_memory_cap(tmp_path):
-    shown = ["NaN", "Infinity", '"6"', "null"]
+    """A NaN grew training to 20 GB until the kernel killed it; a coordinate of 1e9 or more segfaults
+    pycocotools' rasteriser, and 1e8 makes it allocate gigabytes."""
+    far = "outside [-30, 60]: more than the larger side of its 30 x 20 (width x height) image away from it; " \
+          "coordinates are pixels of the image"
+    shown = [*(f"{v}; coordinates must be finite numbers" for v in ("NaN", "Infinity", '"6"', "null")),
+             f"1000000000000.0, {far}", f"-100000000.0, {far}", f"1e+300, {far}"]
     json_files = []
-    for k, value in enumerate([float("nan"), float("inf"), "6", None]):
+    for k, value in enumerate([float("nan"), float("inf"), "6", None, 1e12, -1e8, 1e300]):
         polygon = [1, 1, 6, 1, 6, value, 1, 6]
         (tmp_path / str(k)).mkdir()
         json_file, images = _write(tmp_path / str(k), annotations=[
@@ -229,11 +234,10 @@ def test_a_polygon_coordinate_that_is_not_a_finite_number_is_an_error_under_a_me
                            preexec_fn=_capped_address_space, timeout=300)
     assert child.returncode == 0, f"exit {child.returncode}: {child.stdout}{child.stderr[-2000:]}"
     messages = child.stdout.strip().splitlines()
-    assert len(messages) == 4, child.stdout
-    for json_file, value, message in zip(json_files, shown, messages):
-        assert message == (f"{json_file}: annotation 2 of image 1: polygon 0 has the coordinate {value}; coordinates "
-                           "must be finite numbers. Fix or remove the annotation; annotations 3 have malformed "
-                           "segmentations too")
+    assert len(messages) == len(shown), child.stdout
+    for json_file, problem, message in zip(json_files, shown, messages):
+        assert message == (f"{json_file}: annotation 2 of image 1: polygon 0 has the coordinate {problem}. Fix or "
+                           "remove the annotation; annotations 3 have malformed segmentations too")
     _refused(json_files[0], images, "annotation 2 of image 1: polygon 0 has the coordinate NaN")  # evaluation's too
 
 
@@ -302,6 +306,13 @@ def test_an_rle_of_another_size_than_its_image_is_an_error(tmp_path, compressed)
     json_file, images = _write(tmp_path, annotations=[_ann(1), {**_ann(4), "segmentation": rle, "iscrowd": 1}])
     _refused(json_file, images, "annotation 4 of image 1: its RLE size [30, 20] is not its image's [height, width] "
                                 "[20, 30]; encode the mask at the image's size")
+
+
+def test_polygons_a_little_outside_their_image_load(tmp_path):
+    """Labelling tools write points just beyond the border (and so does COCO itself)."""
+    outside = [[-0.5, -2, 31.5, -2, 31.5, 21, -0.5, 21]]
+    json_file, images = _write(tmp_path, annotations=[_ann(1), {**_ann(2), "segmentation": outside}])
+    assert load_coco_json(json_file, images)[0]["annotations"][1]["segmentation"] == outside
 
 
 def test_an_rle_of_the_image_size_loads(tmp_path):
@@ -419,3 +430,25 @@ def test_box_only_annotations_are_refused_for_a_model_with_masks_and_trained_for
     assert all("masks" not in sample["instances"] for sample in batch)
     check_datasets([name], 2, ("bbox",))
     COCOEvaluator(name, tasks=("bbox",))
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda d: d["annotations"][1].update(iscrowd="0"),
+     'annotation 2 of image 1: iscrowd is "0" (a string); it must be the integer 0 or 1'),
+    (lambda d: d["annotations"][1].update(iscrowd=2), "annotation 2 of image 1: iscrowd is 2; it must be"),
+    (lambda d: d["annotations"][1].update(area=-5), "annotation 2 of image 1: area is -5; it must be a non-negative"),
+    (lambda d: d["annotations"][1].update(area="25"), 'annotation 2 of image 1: area is "25"; it must be'),
+    (lambda d: d["categories"][0].pop("name"), "categories 7 have no name (a string)"),
+    (lambda d: d.update(images={}), 'its "images" is an object; the COCO instances format has a list of objects'),
+], ids=["iscrowd-string", "iscrowd-2", "area-negative", "area-string", "category-without-name", "images-object"])
+def test_fields_the_coco_tools_misread_are_an_error(tmp_path, change, problem):
+    """COCOeval reads iscrowd as a truth value (the string "0" made a crowd region) and area for its
+    ranges; a category without a name failed with KeyError: 'name' in the loader."""
+    contents = {"images": [_image(1)], "annotations": [_ann(1), _ann(2)],
+                "categories": [{"id": 7, "name": "thing"}, {"id": 3, "name": "other"}]}
+    change(contents)
+    json_file, images = _write(tmp_path, contents["images"] if isinstance(contents["images"], list) else [_image(1)],
+                               contents["annotations"], contents["categories"])
+    with open(json_file, "w") as f:
+        json.dump(contents, f)
+    _refused(json_file, images, problem)

@@ -99,8 +99,10 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> None:
     what pycocotools accepts but gets wrong or crashes on later: a ``DatasetError`` naming the file and
     the offending ids for duplicate image, annotation or category ids (pycocotools keeps the last and
     moves or merges the others' annotations), images without a file name or with a width/height that is not positive,
-    category ids that are not integers or not among the categories, bboxes that are not [x, y, w, h]
-    with w, h >= 0, and segmentations that are not drawable on their image (``_segmentation_problem``).
+    categories without a name, category ids that are not integers or not among the categories, bboxes
+    that are not [x, y, w, h] with w, h >= 0, segmentations that are not drawable on their image
+    (``_segmentation_problem``), iscrowd flags other than 0 and 1 and areas that are not non-negative
+    numbers.
 
     Changed in ``dataset`` (in place), each said once per file in a warning: annotations whose image_id
     is no image's are dropped (pycocotools never reads them either), polygons of fewer than 3 points
@@ -111,6 +113,10 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> None:
     Whether an image's width/height is its file's is checked when the image is read (every image
     would have to be opened here); see ``ifr.data.image_reader.check_image_size``.
     """
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key, []), list):
+            raise DatasetError(f"{json_file}: its \"{key}\" is {_json_type(dataset[key])}; the COCO instances format "
+                               "has a list of objects there")
     images, annotations = dataset.get("images", []), dataset.get("annotations", [])
     categories = dataset.get("categories", [])
     for kind, entries in (("image", images), ("annotation", annotations), ("category", categories)):
@@ -128,6 +134,10 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> None:
     unnamed = [image["id"] for image in images if not isinstance(image.get("file_name"), str)]
     if unnamed:
         raise DatasetError(f"{json_file}: images {_ids(unnamed)} have no file_name")
+    unnamed = [category["id"] for category in categories if not isinstance(category.get("name"), str)]
+    if unnamed:
+        raise DatasetError(f"{json_file}: categories {_ids(unnamed)} have no name (a string); name each category, "
+                           "e.g. {\"id\": 1, \"name\": \"person\"}")
     image_sizes = {image["id"]: (image["height"], image["width"]) for image in images}
     orphans = [ann["id"] for ann in annotations if ann["image_id"] not in image_sizes]
     if orphans:
@@ -159,6 +169,20 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> None:
                               f"points (annotations {_ids(without_polygons)}): they are neither trained on nor "
                               "evaluated")
     _fill_area_and_iscrowd(annotations, image_sizes, json_file)
+    # COCOeval reads iscrowd as a truth value (the string "0" is a crowd region) and area for its ranges
+    bad_crowd = [ann for ann in annotations if ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], float)]
+    if bad_crowd:
+        value = bad_crowd[0]["iscrowd"]
+        raise _annotations_error(json_file, bad_crowd, "malformed iscrowd flags",
+                                 f"iscrowd is {json.dumps(value)}{'' if _is_number(value) else f' ({_json_type(value)})'}"
+                                 "; it must be the integer 0 or 1. Fix the annotation")
+    bad_area = [ann for ann in annotations
+                if not (_is_number(ann["area"]) and 0 <= ann["area"] < math.inf)]
+    if bad_area:
+        value = bad_area[0]["area"]
+        raise _annotations_error(json_file, bad_area, "malformed areas",
+                                 f"area is {json.dumps(value)}; it must be a non-negative number (the mask's pixel "
+                                 "count). Fix the annotation, or remove its area to have it computed")
 
 
 _JSON_TYPES = {str: "a string", float: "a number with a fraction", bool: "a boolean", list: "a list", dict: "an object",
@@ -199,10 +223,13 @@ def _check_category_ids(annotations: list[dict], categories: list[dict], json_fi
                                  f"({_ids(sorted(category_ids))})")
 
 
-def _polygons_problem(polygons: list) -> str | None:
-    """What makes a list of polygons undrawable, or None. ``sum`` runs in C over each polygon's
-    coordinates: a non-number raises TypeError, a NaN or infinity makes the sum non-finite (a finite
-    sum that overflows is told apart by the second look)."""
+def _polygons_problem(polygons: list, height, width) -> str | None:
+    """What makes a list of polygons undrawable on an image of ``height`` x ``width``, or None. ``sum``
+    runs in C over each polygon's coordinates: a non-number raises TypeError, a NaN or infinity makes
+    the sum non-finite (a finite sum that overflows is told apart by the second look). Coordinates must
+    also lie within the image's larger side of it (two more passes in C: min and max): pycocotools'
+    rasteriser allocates in proportion to the outline's length and crashes (segmentation fault) on
+    coordinates beyond about 4e8."""
     for index, polygon in enumerate(polygons):
         if not isinstance(polygon, list):
             return f"polygon {index} is {_json_type(polygon)}; a polygon is a flat " \
@@ -218,6 +245,12 @@ def _polygons_problem(polygons: list) -> str | None:
             bad = next((v for v in polygon if not _is_number(v) or not math.isfinite(v)), None)
             if bad is not None or total is None:
                 return f"polygon {index} has the coordinate {json.dumps(bad)}; coordinates must be finite numbers"
+        side = max(height, width)
+        if polygon and (min(polygon) < -side or max(polygon) > 2 * side):
+            far = next(v for v in polygon if not -side <= v <= 2 * side)
+            return f"polygon {index} has the coordinate {json.dumps(far)}, outside [-{side}, {2 * side}]: more than " \
+                   f"the larger side of its {width} x {height} (width x height) image away from it; coordinates " \
+                   "are pixels of the image"
     return None
 
 
@@ -282,7 +315,7 @@ def _compressed_rle_counts(text: str) -> list[int] | None:
 def _segmentation_problem(segmentation, height, width) -> str | None:
     """What makes a segmentation undrawable on an image of ``height`` x ``width``, or None."""
     if isinstance(segmentation, list):
-        return _polygons_problem(segmentation)
+        return _polygons_problem(segmentation, height, width)
     if isinstance(segmentation, dict):
         return _rle_problem(segmentation, height, width)
     return f"segmentation is {_json_type(segmentation)}; it must be " \
