@@ -95,16 +95,16 @@ def check_category_count(dataset_name: str, records: list[dict], num_classes: in
 def check_masks_present(dataset_name: str, records: list[dict]) -> None:
     """A ``DatasetError`` when an annotation the mask head trains on (not a crowd region) has no
     segmentation: the mapper would fail on it at the first batch that draws its image."""
-    images = [r["image_id"] for r in records
-              if any("segmentation" not in a for a in r["annotations"] if not a.get("iscrowd", 0))]
-    if images:
-        count = sum("segmentation" not in a for r in records for a in r["annotations"] if not a.get("iscrowd", 0))
+    unmasked = {r["image_id"]: count for r in records
+                if (count := sum("segmentation" not in a for a in r["annotations"] if not a.get("iscrowd", 0)))}
+    if unmasked:
         metadata = get_metadata(dataset_name)
         source = f" ({metadata['json_file']})" if "json_file" in metadata else ""
+        images = list(unmasked)
         listing = ", ".join(str(i) for i in images[:5]) + (", ..." if len(images) > 5 else "")
-        raise DatasetError(f"dataset {dataset_name}{source}: {count} annotations have no segmentation (images "
-                           f"{listing}), but MODEL.MASK_ON trains a mask for every annotation: add their "
-                           "segmentations, or set MODEL.MASK_ON False to train boxes only")
+        raise DatasetError(f"dataset {dataset_name}{source}: {sum(unmasked.values())} annotations have no "
+                           f"segmentation (images {listing}), but MODEL.MASK_ON trains a mask for every annotation: "
+                           "add their segmentations, or set MODEL.MASK_ON False to train boxes only")
 
 
 def load_train_records(dataset_names, filter_empty: bool, skip_missing: bool = False,
