@@ -19,8 +19,8 @@ jobs of a shared machine do not count; forward passes only); forward solver step
 sample (RoI; for the one-stage towers, whose levels are solved at once, image); training CPU seconds per
 iteration; then the mean and standard deviation over seeds. Each run leaves ``results.json`` in
 ``DIR/<detector>/<form>/seed<k>`` (default DIR: ``$IFR_OUTPUT_ROOT/heads_ablation``, else
-``output/heads_ablation``) with the settings it ran with, and a finished run is reused only when they match the command's, and a run's folder is claimed while it
-trains, as in ``benchmarks/ablation.py``.
+``output/heads_ablation``) with the settings it ran with; a finished run is reused only when they match
+the command's, and a run's folder is claimed while it trains, as in ``benchmarks/ablation.py``.
 """
 from __future__ import annotations
 

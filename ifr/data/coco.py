@@ -173,9 +173,9 @@ def validate_coco_dataset(dataset: dict, json_file: str) -> None:
     bad_crowd = [ann for ann in annotations if ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], float)]
     if bad_crowd:
         value = bad_crowd[0]["iscrowd"]
+        shown = json.dumps(value) if _is_number(value) else f"{json.dumps(value)} ({_json_type(value)})"
         raise _annotations_error(json_file, bad_crowd, "malformed iscrowd flags",
-                                 f"iscrowd is {json.dumps(value)}{'' if _is_number(value) else f' ({_json_type(value)})'}"
-                                 "; it must be the integer 0 or 1. Fix the annotation")
+                                 f"iscrowd is {shown}; it must be the integer 0 or 1. Fix the annotation")
     bad_area = [ann for ann in annotations
                 if not (_is_number(ann["area"]) and 0 <= ann["area"] < math.inf)]
     if bad_area:
