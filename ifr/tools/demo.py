@@ -21,6 +21,7 @@ from ifr.data import ImageReadError, dataset_class_names, get_metadata, read_ima
 from ifr.engine.predictor import DefaultPredictor
 from ifr.errors import UserError
 from ifr.utils.atomic import write_atomically
+from ifr.utils.run_lock import claim_run_folder
 from ifr.visualization import draw_instances
 
 from .experiment import run_reporting_user_errors
@@ -102,6 +103,12 @@ def run(args) -> None:
     except OSError as e:
         raise UserError(f"cannot write the pictures to {output} ({e.strerror or e}): pass --output with a folder "
                         "you can write") from None
+    with claim_run_folder(output, "give this demo another --output"):  # two demos would overwrite each other
+        _draw_all(files, predictor, names, args.confidence_threshold, output)
+
+
+def _draw_all(files: list[str], predictor: DefaultPredictor, names, threshold: float, output: str) -> None:
+    """Draws the predictions on each of ``files`` into ``output``; unreadable files are skipped and listed."""
     unreadable = []
     for path, name in zip(tqdm(files, desc="demo", disable=len(files) < 2), output_names(files)):
         try:
@@ -111,15 +118,15 @@ def run(args) -> None:
             unreadable.append(path)
             continue
         instances = {k: v.cpu() for k, v in predictor(image).items()}
-        drawn = draw_instances(F.pil_to_tensor(image), instances, names, args.confidence_threshold)
+        drawn = draw_instances(F.pil_to_tensor(image), instances, names, threshold)
         try:
             write_atomically(os.path.join(output, name), F.to_pil_image(drawn).save)
         except OSError as e:
             raise UserError(f"cannot write {os.path.join(output, name)} ({e.strerror or e}): pass --output with a "
                             "folder you can write") from None
-        shown = int((instances["scores"] >= args.confidence_threshold).sum())
+        shown = int((instances["scores"] >= threshold).sum())
         logger.info("%s: %d detections, %d drawn (score >= %.2f) -> %s", path, len(instances["scores"]), shown,
-                    args.confidence_threshold, os.path.join(output, name))
+                    threshold, os.path.join(output, name))
     if len(unreadable) == len(files):
         raise UserError(f"none of the {len(files)} images could be read ({', '.join(unreadable[:3])}"
                         f"{', ...' if len(files) > 3 else ''})")
