@@ -133,9 +133,17 @@ def test_the_owner_removes_temporaries_of_killed_writes_and_says_so(tmp_path, mo
     deep = os.path.join("a", "b", ".x.abcdefgh.tmp.json")  # deeper than the run folder's own subfolders: kept
     os.makedirs(tmp_path / "a" / "b")
     (tmp_path / deep).write_text("someone else's")
-    with claim_run_folder(str(tmp_path)):
-        left = sorted(os.path.relpath(os.path.join(r, n), tmp_path) for r, _, files in os.walk(tmp_path) for n in files)
-    assert left == sorted([".hidden.tmp", LOCK_NAME, "notes.tmp.txt", deep])
+    demo = hold_run_folder(tmp_path, tmp_path / "demo")  # a demo drawing into OUTPUT_DIR/demo meanwhile
+    (tmp_path / "demo" / ".x.png.abcdefgh.tmp").write_text("the demo's live write")
+    try:
+        with claim_run_folder(str(tmp_path)):
+            left = sorted(os.path.relpath(os.path.join(r, n), tmp_path) for r, _, files in os.walk(tmp_path)
+                          for n in files)
+    finally:
+        demo.stdin.close()
+        demo.wait()
+    demo_files = [os.path.join("demo", LOCK_NAME), os.path.join("demo", ".x.png.abcdefgh.tmp")]
+    assert left == sorted([".hidden.tmp", LOCK_NAME, "notes.tmp.txt", deep, *demo_files, "hold_run_folder.py"])
     assert "removed 3 temporary file(s) left in" in lock_log.text and ".model_0000019." in lock_log.text
 
 

@@ -78,15 +78,20 @@ _SET = re.compile(re.escape(_SET_PREFIX) + r"[a-z0-9_]{8}")
 _CURRENT = ".current_set"
 
 
-def remove_leftover_temporaries(folder: str) -> list[str]:
+def remove_leftover_temporaries(folder: str, claim_file: str | None = None) -> list[str]:
     """Removes the temporary files of writes that were killed before their rename, in ``folder`` and
     its direct subfolders (a run folder's ``inference/``; not deeper, in case OUTPUT_DIR is a folder
     holding other things), and the file sets of ``StagedFiles`` commits that were cut short; returns
     their paths. Only for a folder no other command is writing (the run folder's owner, see
-    ``ifr.utils.run_lock``): a live writer's temporary file looks the same."""
+    ``ifr.utils.run_lock``): a live writer's temporary file looks the same. A subfolder holding a
+    file named ``claim_file`` is claimed by a command of its own (e.g. ``pods_demo``'s OUTPUT_DIR/demo)
+    and left to it."""
     removed = []
     depth = os.path.abspath(folder).rstrip(os.sep).count(os.sep)
     for root, dirs, files in os.walk(folder):
+        if claim_file and root != folder and claim_file in files:
+            dirs[:] = []
+            continue
         current = os.path.join(root, _CURRENT)
         live_set = os.readlink(current) if os.path.islink(current) else None
         for name in files + dirs:

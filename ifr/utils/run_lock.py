@@ -158,7 +158,7 @@ def claim_run_folder(folder: str, purpose: str = "set another OUTPUT_DIR") -> It
         os.write(fd, json.dumps(owner).encode())
         os.fsync(fd)
         claimed = True
-        removed = remove_leftover_temporaries(folder)
+        removed = remove_leftover_temporaries(folder, claim_file=LOCK_NAME)
         if removed:
             logger.warning("removed %d temporary file(s) left in %s by an interrupted write: %s", len(removed), folder,
                            ", ".join(os.path.relpath(p, folder) for p in removed))
