@@ -112,9 +112,9 @@ class ReplacedPartProbe:
 
 
 def _solves_levels_jointly(tower) -> bool:
-    """Whether ``tower`` is now a one-stage head's tower solving all levels at once (the "ifr" form with
-    ``levels="joint"``, in evaluation: the probe measures the evaluation)."""
-    return isinstance(tower, LevelTower) and tower.form == "ifr" and tower.levels == "joint" and not tower.training
+    """Whether ``tower`` is now a one-stage head's tower solving all levels at once, in evaluation (the
+    probe measures the evaluation)."""
+    return isinstance(tower, LevelTower) and tower.solves_levels_jointly and not tower.training
 
 
 def run_settings(detector: str, form: str, seed: int, max_iter: int, val_images: int | None) -> dict:

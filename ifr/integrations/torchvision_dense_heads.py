@@ -48,13 +48,19 @@ class LevelTower(CountedTower):
         self._begun = False
         self._solved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    @property
+    def solves_levels_jointly(self) -> bool:
+        """Whether ``begin`` solves all levels of a forward at once (the per-level calls then hand its
+        results out)."""
+        return self.levels == "joint" and self.form == "ifr"
+
     def begin(self, branch: nn.Module, args: tuple) -> None:
         features = list(args[0])
         self._begun, self._solved = True, []
         self._iteration = int(self.step) if self.training else None
         if self.training and self.count_steps:
             self.step += 1
-        if self.levels == "joint" and self.form == "ifr":
+        if self.solves_levels_jointly:
             self._solved = list(zip(features, self.forward_levels(features, self._iteration)))
 
     def end(self, branch: nn.Module, args: tuple, output) -> None:
