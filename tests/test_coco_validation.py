@@ -447,8 +447,7 @@ def test_fields_the_coco_tools_misread_are_an_error(tmp_path, change, problem):
     contents = {"images": [_image(1)], "annotations": [_ann(1), _ann(2)],
                 "categories": [{"id": 7, "name": "thing"}, {"id": 3, "name": "other"}]}
     change(contents)
-    json_file, images = _write(tmp_path, contents["images"] if isinstance(contents["images"], list) else [_image(1)],
-                               contents["annotations"], contents["categories"])
+    json_file, images = _write(tmp_path)  # the image folder; the json is replaced by the changed contents
     with open(json_file, "w") as f:
         json.dump(contents, f)
     _refused(json_file, images, problem)
