@@ -21,12 +21,36 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
+# A download from the package index can break off for a while (seen in CI: torch's 767 MB wheel cut at half
+# way, pip's own resumes then received nothing). pip keeps the files it finished in its cache, so the whole
+# install is tried again after a growing pause: IFR_INSTALL_ATTEMPTS times in all, the first pause
+# IFR_INSTALL_WAIT_S seconds.
+INSTALL_ATTEMPTS="${IFR_INSTALL_ATTEMPTS:-4}"
+INSTALL_WAIT_S="${IFR_INSTALL_WAIT_S:-30}"
+if ! [[ "$INSTALL_ATTEMPTS" =~ ^[1-9][0-9]*$ && "$INSTALL_WAIT_S" =~ ^[0-9]+$ ]]; then
+    echo "[env] IFR_INSTALL_ATTEMPTS must be a whole number >= 1 and IFR_INSTALL_WAIT_S one >= 0 (seconds);" \
+         "got '$INSTALL_ATTEMPTS' and '$INSTALL_WAIT_S'" >&2
+    exit 1
+fi
+pip_with_retries() {
+    local attempts="$INSTALL_ATTEMPTS" wait="$INSTALL_WAIT_S" attempt=1
+    until python -m pip "$@"; do
+        if [ "$attempt" -ge "$attempts" ]; then
+            echo "[env] 'pip $*' failed $attempt times (pip's message is above): if it is a network fault, run" \
+                 "this again later (finished downloads are kept); otherwise fix what pip names" >&2
+            return 1
+        fi
+        echo "[env] 'pip $*' failed (attempt $attempt of $attempts): trying again in $((wait * attempt)) s" >&2
+        sleep $((wait * attempt))
+        attempt=$((attempt + 1))
+    done
+}
 STAMP="$VENV/.ifr-installed"
 WANT="$( (cat "$ROOT/setup.py" "$CONSTRAINTS"; echo "$CONSTRAINTS") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "[env] installing ifr and its dependencies (torch pinned by $CONSTRAINTS) into $VENV (first run takes a few minutes)"
-    python -m pip install -q --upgrade pip
-    python -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[test]"
+    pip_with_retries install -q --upgrade pip
+    pip_with_retries install -q -c "$CONSTRAINTS" -e "$ROOT[test]"
     echo "$WANT" > "$STAMP"
 fi
 cd "$ROOT"

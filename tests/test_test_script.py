@@ -66,3 +66,38 @@ def test_env_sh_installs_with_the_chosen_constraints_and_reinstalls_when_the_cho
                           text=True, env={"PATH": "/usr/bin:/bin", "IFR_CONSTRAINTS": "constraints-newest.txt"})
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "constraints-newest.txt, which is not a file" in done.stderr
+
+
+def test_env_sh_tries_a_failed_install_again_and_stamps_only_a_finished_one(checkout):
+    # this fake python's "pip install -c" fails as often as IFR_FAKE_FAILURES says, as a broken-off download does
+    (checkout / ".venv" / "bin" / "python").write_text(FAKE_PYTHON + (
+        'case "$*" in "-m pip install -q -c"*)\n'
+        '  if [ "$(grep -c "^-m pip install -q -c" "$IFR_FAKE_LOG")" -le "$IFR_FAKE_FAILURES" ]; then\n'
+        '    echo "ERROR: incomplete-download" >&2; exit 1; fi;;\nesac\n'))
+    install = f"-m pip install -q -c {checkout}/constraints.txt -e {checkout}[test]"
+    calls = _run(checkout, IFR_FAKE_FAILURES="2", IFR_INSTALL_WAIT_S="0")
+    assert calls.count(install) == 3 and calls[-1] == "-m pytest -q tests"
+    assert (checkout / ".venv" / ".ifr-installed").is_file()
+
+    (checkout / ".venv" / ".ifr-installed").unlink()
+    log = checkout / "calls.log"
+    log.unlink()
+    done = subprocess.run(["bash", str(checkout / "scripts" / "test.sh")], cwd=checkout, capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "IFR_FAKE_LOG": str(log),
+                                                      "IFR_FAKE_FAILURES": "9", "IFR_INSTALL_ATTEMPTS": "3",
+                                                      "IFR_INSTALL_WAIT_S": "0"})
+    calls = log.read_text().splitlines()
+    assert done.returncode == 1 and calls.count(install) == 3 and "-m pytest -q tests" not in calls
+    assert "failed (attempt 2 of 3): trying again in 0 s" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("[env] 'pip install -q -c")
+    assert "failed 3 times" in done.stderr.strip().splitlines()[-1]
+    assert not (checkout / ".venv" / ".ifr-installed").exists()  # the next run installs again
+
+
+@pytest.mark.parametrize("setting", [{"IFR_INSTALL_ATTEMPTS": "0"}, {"IFR_INSTALL_ATTEMPTS": "three"},
+                                     {"IFR_INSTALL_WAIT_S": "-5"}])
+def test_env_sh_refuses_install_settings_that_are_not_counts(checkout, setting):
+    done = subprocess.run(["bash", str(checkout / "scripts" / "test.sh")], cwd=checkout, capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **setting})
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "IFR_INSTALL_ATTEMPTS must be a whole number >= 1" in done.stderr
