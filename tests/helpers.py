@@ -1,7 +1,9 @@
 """Constants and helpers shared by the end-to-end tests."""
+import contextlib
 import os
 import subprocess
 import sys
+from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDERS = {
@@ -30,11 +32,17 @@ with claim_run_folder(sys.argv[1]):
 """
 
 
-def hold_run_folder(tmp_path, folder) -> subprocess.Popen:
-    """Another process holding the run folder ``folder`` (``claim_run_folder``) until its stdin closes."""
+@contextlib.contextmanager
+def holding_run_folder(tmp_path, folder) -> Iterator[subprocess.Popen]:
+    """Another process holding the run folder ``folder`` (``claim_run_folder``) while the block runs;
+    it lets go (its stdin closed) and is waited for on leaving the block, unless it was killed meanwhile."""
     script = tmp_path / "hold_run_folder.py"
     script.write_text(_HOLDER)
     holder = subprocess.Popen([sys.executable, str(script), str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, cwd=ROOT)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait()

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, hold_run_folder
+from helpers import ROOT, holding_run_folder
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +108,10 @@ def test_a_run_another_command_is_at_work_on_is_refused_naming_it(ablation, tmp_
     run; one that reaches the other's run stops in one line instead of training it a second time."""
     monkeypatch.setattr(ablation, "default_setup", lambda config, args: pytest.fail("trained a run held by another"))
     out = os.path.join(str(tmp_path), "shapes", "ifr", "seed0")
-    holder = hold_run_folder(tmp_path, out)
-    try:
-        with pytest.raises(SystemExit) as info:
-            ablation.run_reporting_user_errors(lambda _: _main(ablation, monkeypatch, capsys, "--datasets", "shapes",
-                                                               "--heads", "ifr", "--seeds", "0", "--output",
-                                                               str(tmp_path)), None)
-    finally:
-        holder.stdin.close()
-        holder.wait()
+    with holding_run_folder(tmp_path, out), pytest.raises(SystemExit) as info:
+        ablation.run_reporting_user_errors(lambda _: _main(ablation, monkeypatch, capsys, "--datasets", "shapes",
+                                                           "--heads", "ifr", "--seeds", "0", "--output",
+                                                           str(tmp_path)), None)
     error = capsys.readouterr().err.strip()
     assert info.value.code == 2 and error.startswith(f"ERROR: OUTPUT_DIR {out} is in use by ") and error.endswith(
         "let it finish (its results are then reused), or give this command another --output"), error

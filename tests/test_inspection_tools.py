@@ -21,7 +21,7 @@ from ifr.tools.compute_knob import SolveSetting
 from ifr.tools.trained_model import add_model_arguments, load_trained_model
 from ifr.visualization.draw import display_scale
 
-from helpers import TINY, hold_run_folder
+from helpers import TINY, holding_run_folder
 
 # Keep every detection, so that even a briefly trained model draws masks.
 LOW_THRESHOLD = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
@@ -99,13 +99,8 @@ def test_demo_input_errors(trained, tmp_path):
 def test_a_demo_into_a_folder_another_command_holds_is_refused_naming_it(trained, tmp_path, capsys):
     """Two demos into one --output would overwrite each other's pictures (and remove each other's
     temporary files); the second is refused in one line, before drawing anything."""
-    holder = hold_run_folder(tmp_path, tmp_path / "pictures")
-    try:
-        with pytest.raises(SystemExit) as info:
-            demo.main(["--quickstart", "--input", _val_image(), "--output", str(tmp_path / "pictures"), *TINY])
-    finally:
-        holder.stdin.close()
-        holder.wait()
+    with holding_run_folder(tmp_path, tmp_path / "pictures"), pytest.raises(SystemExit) as info:
+        demo.main(["--quickstart", "--input", _val_image(), "--output", str(tmp_path / "pictures"), *TINY])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and error.startswith(f"ERROR: OUTPUT_DIR {tmp_path / 'pictures'} is in use by ")
     assert error.endswith("give this demo another --output") and not list(tmp_path.glob("pictures/*.png"))

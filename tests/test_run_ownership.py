@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from ifr.utils import atomic
 from ifr.utils.atomic import StagedFiles, remove_leftover_temporaries, write_atomically
 from ifr.utils.run_lock import LOCK_NAME, RunFolderBusy, claim_run_folder, launches_the_job
 
-from helpers import FOLDERS, ROOT, TINY, hold_run_folder
+from helpers import FOLDERS, ROOT, TINY, holding_run_folder
 
 
 @pytest.fixture
@@ -50,8 +49,7 @@ def test_a_second_command_is_refused_naming_the_owner_and_a_killed_owners_lock_i
     from ifr.tools import test_net, train_net
 
     run = tmp_path / "run"
-    holder = hold_run_folder(tmp_path, run)
-    try:
+    with holding_run_folder(tmp_path, run) as holder:
         _experiment(tmp_path, monkeypatch)
         for main, argv in [(train_net.main, []), (train_net.main, ["--resume"]), (test_net.main, ["MODEL.WEIGHTS", ""])]:
             err = _refusal(capsys, main, [*argv, *TINY, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(run)])
@@ -60,9 +58,7 @@ def test_a_second_command_is_refused_naming_the_owner_and_a_killed_owners_lock_i
             assert "wait for it to end or stop it" in err and len(err.splitlines()) == 1
         assert "MODEL.WEIGHTS <checkpoint> OUTPUT_DIR <folder>" in err  # pods_test: how to evaluate meanwhile
         assert sorted(os.listdir(run)) == [LOCK_NAME]  # the refused commands wrote nothing there
-    finally:
         holder.kill()  # SIGKILL: no clean-up, the lock file stays behind
-        holder.wait()
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == holder.pid
     with claim_run_folder(str(run)):
         assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
@@ -133,15 +129,11 @@ def test_the_owner_removes_temporaries_of_killed_writes_and_says_so(tmp_path, mo
     deep = os.path.join("a", "b", ".x.abcdefgh.tmp.json")  # deeper than the run folder's own subfolders: kept
     os.makedirs(tmp_path / "a" / "b")
     (tmp_path / deep).write_text("someone else's")
-    demo = hold_run_folder(tmp_path, tmp_path / "demo")  # a demo drawing into OUTPUT_DIR/demo meanwhile
-    (tmp_path / "demo" / ".x.png.abcdefgh.tmp").write_text("the demo's live write")
-    try:
+    with holding_run_folder(tmp_path, tmp_path / "demo"):  # a demo drawing into OUTPUT_DIR/demo meanwhile
+        (tmp_path / "demo" / ".x.png.abcdefgh.tmp").write_text("the demo's live write")
         with claim_run_folder(str(tmp_path)):
             left = sorted(os.path.relpath(os.path.join(r, n), tmp_path) for r, _, files in os.walk(tmp_path)
                           for n in files)
-    finally:
-        demo.stdin.close()
-        demo.wait()
     demo_files = [os.path.join("demo", LOCK_NAME), os.path.join("demo", ".x.png.abcdefgh.tmp")]
     assert left == sorted([".hidden.tmp", LOCK_NAME, "notes.tmp.txt", deep, *demo_files, "hold_run_folder.py"])
     assert "removed 3 temporary file(s) left in" in lock_log.text and ".model_0000019." in lock_log.text
