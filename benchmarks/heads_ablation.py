@@ -111,6 +111,14 @@ class ReplacedPartProbe:
         return sum(count_flops(call, *inputs) for call, inputs in self.calls)
 
 
+def tower_branches(model: torch.nn.Module, replaced) -> dict | None:
+    """The one-stage head's branches (``model.head.<name>``) by their replaced tower, whose pre-hooks run
+    a joint level solve; None for a RoI head (``replace_tower`` returned one module)."""
+    if not isinstance(replaced, dict):
+        return None
+    return {tower: getattr(model.head, name) for name, tower in replaced.items()}
+
+
 def _solves_levels_jointly(tower) -> bool:
     """Whether ``tower`` is now a one-stage head's tower solving all levels at once, in evaluation (the
     probe measures the evaluation)."""
@@ -143,9 +151,7 @@ def _train_and_evaluate(detector: str, form: str, seed: int, max_iter: int, val_
     towers = detectors.replaced_modules(replaced)
     train_seconds = detectors.train(model, detector, max_iter, seed=seed)
     steps = SolverSteps(detectors.refinements(replaced))
-    branches = {tower: getattr(model.head, name) for name, tower in replaced.items()} \
-        if isinstance(replaced, dict) else None  # the one-stage head's branches, by tower
-    probe = ReplacedPartProbe(towers, steps, branches)
+    probe = ReplacedPartProbe(towers, steps, tower_branches(model, replaced))
     scores = detectors.evaluate(model, detector, val_images)
     probe.remove()
     steps.remove()

@@ -72,8 +72,8 @@ def test_the_heads_ablation_measures_a_joint_level_solve_once(datasets_root):
     replaced = detectors.replace_tower(model, "retinanet_v2", "ifr", pretrained_steps=0)
     model.eval()
     steps = heads_ablation.SolverSteps(detectors.refinements(replaced))
-    branches = {tower: getattr(model.head, name) for name, tower in replaced.items()}
-    probe = heads_ablation.ReplacedPartProbe(list(replaced.values()), steps, branches)
+    probe = heads_ablation.ReplacedPartProbe(detectors.replaced_modules(replaced), steps,
+                                             heads_ablation.tower_branches(model, replaced))
     with torch.no_grad():
         model([torch.rand(3, 64, 96)])
     probe.remove()
