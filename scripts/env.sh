@@ -13,14 +13,6 @@ if [ ! -f "$CONSTRAINTS" ]; then
     exit 1
 fi
 CONSTRAINTS="$(cd "$(dirname "$CONSTRAINTS")" && pwd)/$(basename "$CONSTRAINTS")"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "[env] creating virtual environment $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
 # A download from the package index can break off for a while (seen in CI: torch's 767 MB wheel cut at half
 # way, pip's own resumes then received nothing). pip keeps the files it finished in its cache, so the whole
 # install is tried again after a growing pause: IFR_INSTALL_ATTEMPTS times in all, the first pause
@@ -32,16 +24,25 @@ if ! [[ "$INSTALL_ATTEMPTS" =~ ^[1-9][0-9]*$ && "$INSTALL_WAIT_S" =~ ^[0-9]+$ ]]
          "got '$INSTALL_ATTEMPTS' and '$INSTALL_WAIT_S'" >&2
     exit 1
 fi
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[env] creating virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
 pip_with_retries() {
-    local attempts="$INSTALL_ATTEMPTS" wait="$INSTALL_WAIT_S" attempt=1
+    local attempt=1
     until python -m pip "$@"; do
-        if [ "$attempt" -ge "$attempts" ]; then
+        if [ "$attempt" -ge "$INSTALL_ATTEMPTS" ]; then
             echo "[env] 'pip $*' failed $attempt times (pip's message is above): if it is a network fault, run" \
                  "this again later (finished downloads are kept); otherwise fix what pip names" >&2
             return 1
         fi
-        echo "[env] 'pip $*' failed (attempt $attempt of $attempts): trying again in $((wait * attempt)) s" >&2
-        sleep $((wait * attempt))
+        echo "[env] 'pip $*' failed (attempt $attempt of $INSTALL_ATTEMPTS): trying again in" \
+             "$((INSTALL_WAIT_S * attempt)) s" >&2
+        sleep $((INSTALL_WAIT_S * attempt))
         attempt=$((attempt + 1))
     done
 }
