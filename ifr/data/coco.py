@@ -294,7 +294,7 @@ def _compressed_rle_counts(text: str) -> list[int] | None:
     """The run lengths of COCO's compressed RLE string, or None when ``text`` is not one. The format
     (pycocotools' rleToString): each count is a little-endian sequence of 5-bit groups stored as
     ``chr(48 + group)``, bit 0x20 of a character meaning "more groups follow" and bit 0x10 of the last
-    one the sign; from the third count on, what is stored is the difference to the count two before."""
+    one the sign; from the fourth count on (index 3), what is stored is the difference to the count two before."""
     counts = []
     value = shift = 0
     for character in text:
