@@ -342,6 +342,8 @@ def test_eval_only_with_nothing_trained_says_to_train_first(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ERROR: --eval-only: nothing was trained in {tmp_path / 'untrained'} yet")
     assert "MODEL.WEIGHTS /path/to/model_final.pth" in err and len(err.splitlines()) == 1
+    # the folder's `log` link names the OUTPUT_DIR given on the command line, not the config's default
+    assert os.path.realpath(folder / "log") == str(tmp_path / "untrained")
 
 
 @pytest.mark.parametrize("script", ["pods_train.sh", "pods_test.sh", "pods_demo.sh"])

@@ -22,9 +22,9 @@ logger = logging.getLogger("ifr")
 def train_worker(args) -> None:
     """What each process runs (the only one without --num-gpus)."""
     config, build_model = load_experiment(os.getcwd())
-    if comm.is_main_process():
-        config.link_log()
     config.merge_from_list(args.opts)
+    if comm.is_main_process():
+        config.link_log()  # after the overrides: the link names the folder this run writes
     default_setup(config, args, world_size=comm.get_world_size(), rank=comm.get_rank(),
                   record=EVALUATION_CONFIG_RECORD if args.eval_only else "config.json")
     if args.eval_only:
