@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -229,11 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
     report.record("head_agreement", entry)
 
+    # Train and test in a copy of the folder, so that its `log` link and anything else a run leaves in
+    # its folder stay under OUT instead of replacing the link of the researcher's own run.
+    experiment = os.path.join(args.out, os.path.basename(IFR_FOLDER))
+    shutil.rmtree(experiment, ignore_errors=True)
+    shutil.copytree(IFR_FOLDER, experiment, ignore=shutil.ignore_patterns("log", "output", "__pycache__"))
     train_out = os.path.join(args.out, "train")
     overrides = train_overrides(device, train_out, args.dry_run)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                "-m", "ifr.tools.train_net", "--overwrite", *overrides]
-    rc, tail = run_logged(report, "train", command, timeout=200, cwd=IFR_FOLDER, env=env)
+    rc, tail = run_logged(report, "train", command, timeout=200, cwd=experiment, env=env)
     entry = read_training(train_out, args.dry_run)
     entry.update(exit_status=rc, tail=tail)
     if rc != 0:
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         rc, tail = run_logged(report, "test", [sys.executable, "-m", "ifr.tools.test_net", *overrides,
                                                "DATASETS.TEST", "('synthetic_shapes_val',)", "MODEL.WEIGHTS",
                                                os.path.join(train_out, "model_final.pth")],
-                              timeout=120, cwd=IFR_FOLDER, env=env)
+                              timeout=120, cwd=experiment, env=env)
         results_path = os.path.join(train_out, "inference", "coco_eval_results.json")
         results = json.load(open(results_path)) if os.path.isfile(results_path) else None
         ok = rc == 0 and results is not None
