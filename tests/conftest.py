@@ -1,10 +1,30 @@
+import os
+
 import pytest
 import torch
+from helpers import FOLDERS, ROOT
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _checkout_entries():
+    """What the checkout's root and experiment folders hold (their own entries, not the trees below)."""
+    folders = [ROOT, *(os.path.join(ROOT, name) for name in FOLDERS.values())]
+    return {os.path.join(folder, entry) for folder in folders for entry in os.listdir(folder)
+            if entry != "__pycache__"}
+
+
+@pytest.fixture(autouse=True)
+def _checkout_untouched():
+    """Tests write under tmp_path only: a run's `log` link or `output` folder in the checkout would be
+    copied by every later test that copies an experiment folder, and would outlive the suite."""
+    before = _checkout_entries()
+    yield
+    added = sorted(_checkout_entries() - before)
+    assert not added, f"the test wrote into the checkout: {added}"
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
