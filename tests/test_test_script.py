@@ -101,3 +101,48 @@ def test_env_sh_refuses_install_settings_that_are_not_counts(checkout, setting):
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **setting})
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
     assert "IFR_INSTALL_ATTEMPTS must be a whole number >= 1" in done.stderr
+
+
+# df for .ci/run's disk check: the checkout on one disk, TMPDIR on IFR_FAKE_TMP_DISK, each with the free
+# space (in KB) the test gives.
+FAKE_DF = '''#!/bin/sh
+for place; do :; done
+case "$place" in
+  "$TMPDIR"*) disk="$IFR_FAKE_TMP_DISK"; free="$IFR_FAKE_TMP_KB";;
+  *) disk=checkout-disk; free="$IFR_FAKE_CHECKOUT_KB";;
+esac
+echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
+echo "$disk 999999999 1 $free 1% /$disk"
+'''
+GB = 1024 * 1024
+
+
+def _ci(checkout, tmp_path, checkout_gb, tmp_gb, tmp_disk):
+    shutil.copytree(os.path.join(ROOT, ".ci"), checkout / ".ci")
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    (tmp_path / "bin" / "df").write_text(FAKE_DF)
+    (tmp_path / "bin" / "df").chmod(0o755)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    log = checkout / "calls.log"
+    log.unlink(missing_ok=True)
+    done = subprocess.run(["bash", str(checkout / ".ci" / "run")], capture_output=True, text=True, timeout=60, env={
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp"), "IFR_FAKE_LOG": str(log),
+        "IFR_FAKE_CHECKOUT_KB": str(int(checkout_gb * GB)), "IFR_FAKE_TMP_KB": str(int(tmp_gb * GB)),
+        "IFR_FAKE_TMP_DISK": tmp_disk})
+    return done, (log.read_text().splitlines() if log.exists() else [])
+
+
+@pytest.mark.parametrize("checkout_gb, tmp_gb, tmp_disk, refused", [
+    (16, 16, "checkout-disk", False), (14, 14, "checkout-disk", True),   # one disk: 15 GB in all
+    (14, 3, "tmp-disk", False), (12, 100, "tmp-disk", True), (40, 1, "tmp-disk", True)])
+def test_ci_runs_the_suite_on_both_ends_of_the_range_when_the_disk_has_room(checkout, tmp_path, checkout_gb,
+                                                                             tmp_gb, tmp_disk, refused):
+    done, calls = _ci(checkout, tmp_path, checkout_gb, tmp_gb, tmp_disk)
+    assert f"[ci] free disk: {checkout_gb} GB for the checkout, {tmp_gb} GB in {tmp_path / 'tmp'}" in done.stdout
+    if refused:
+        assert done.returncode == 1 and calls == []  # refused before anything is installed
+        assert len(done.stderr.strip().splitlines()) == 1 and "needs about 15 GB of free disk" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert calls.count("-m pytest -q tests") == 2  # the pinned pair, then the lower bound
+        assert any(c.endswith("constraints-lower.txt -e " + f"{checkout}[test]") for c in calls)
