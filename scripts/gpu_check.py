@@ -7,7 +7,8 @@ every step, so a run that is killed keeps the steps it finished), with its log i
 2. ``cuda_tests``: the device-parametrised tests' CUDA cases (``pytest -k cuda``).
 3. ``head_agreement``: the full-size IFR mask head on the same RoI features on the CPU and on the GPU (solves
    in IEEE float32), each against a float64 CPU reference.
-4. ``train``: 30 iterations of the full-size R50-FPN IFR Mask R-CNN on the built-in synthetic data, mixed
+4. ``train`` (in ``OUT/experiment``, a copy of the IFR folder, so the checkout's ``log`` link stays as it is):
+   30 iterations of the full-size R50-FPN IFR Mask R-CNN on the built-in synthetic data, mixed
    precision, in a 1-process NCCL group (torchrun, so DDP wraps the model), both phases of the IFR schedule:
    finite and falling loss, solver statistics logged, checkpoint written.
 5. ``test``: ``pods_test`` on that checkpoint, on the GPU.
@@ -232,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Train and test in a copy of the folder, so that its `log` link and anything else a run leaves in
     # its folder stay under OUT instead of replacing the link of the researcher's own run.
-    experiment = os.path.join(args.out, os.path.basename(IFR_FOLDER))
-    shutil.rmtree(experiment, ignore_errors=True)
-    shutil.copytree(IFR_FOLDER, experiment, ignore=shutil.ignore_patterns("log", "output", "__pycache__"))
+    experiment = os.path.join(args.out, "experiment")
+    shutil.copytree(IFR_FOLDER, experiment, ignore=shutil.ignore_patterns("log", "output", "__pycache__"),
+                    dirs_exist_ok=True)
     train_out = os.path.join(args.out, "train")
     overrides = train_overrides(device, train_out, args.dry_run)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from helpers import FOLDERS, ROOT
+from helpers import ROOT
 
 # The dry run's steps take a few minutes on an idle 2-core machine; the suite runs it on loaded ones too, so
 # each step gets this many times its time limit. A step that hangs is still stopped at its (scaled) limit.
@@ -54,4 +54,4 @@ def test_gpu_check_dry_run_passes_every_step_and_writes_one_results_file(tmp_pat
                                                 "training_fp16"}
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
     # train and test ran in a copy of the folder under --out, whose `log` link names the training's output
-    assert os.path.realpath(out / FOLDERS["ifr"] / "log") == str(out / "train")
+    assert os.path.realpath(out / "experiment" / "log") == str(out / "train")
